@@ -1,0 +1,127 @@
+"""The `scaffold` command line: parse, call the library, turn errors into one line and an exit code.
+
+Exit codes: 0 ok, 1 runtime failure or conflict, 2 usage error.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from scaffold import __version__
+from scaffold.catalog import DATASETS, DEFAULT_DATASET, DEFAULT_MODEL, MODELS
+from scaffold.errors import ScaffoldError
+
+app = typer.Typer(
+    help="Write PyTorch training projects that train the moment they are generated.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+list_app = typer.Typer(help="List what can be chosen.", no_args_is_help=True)
+app.add_typer(list_app, name="list")
+
+
+def show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"scaffold {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: bool = typer.Option(
+        False, "--version", callback=show_version, is_eager=True, help="Print the version."
+    ),
+) -> None:
+    """Write PyTorch training projects that train the moment they are generated."""
+
+
+@app.command()
+def new(
+    dest: Path = typer.Argument(..., help="Where to create the project; its last part is the name."),
+    model: str = typer.Option(DEFAULT_MODEL, help="Default model for train.py."),
+    num_classes: int = typer.Option(10, help="Number of classes."),
+    in_channels: int = typer.Option(3, help="Image channels."),
+    image_size: int = typer.Option(32, help="Image height and width in pixels."),
+    dataset: str = typer.Option(DEFAULT_DATASET, help="Default dataset for train.py."),
+    ddp: bool = typer.Option(False, "--ddp/--no-ddp", help="Multi-process training (torchrun)."),
+    vscode: bool = typer.Option(True, "--vscode/--no-vscode", help="Write .vscode/launch.json."),
+    hooks: bool = typer.Option(True, "--hooks/--no-hooks", help="Ship the hooks/ package."),
+    git: bool = typer.Option(True, "--git/--no-git", help="git init and commit the project."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the files, write nothing."),
+    force: bool = typer.Option(False, "--force", help="Allow a non-empty DEST."),
+    interactive: bool = typer.Option(False, "--interactive", help="Ask the questions on a TTY."),
+) -> None:
+    """Create a new training project at DEST."""
+    from scaffold.options import NewProject
+    from scaffold.render import create_project
+
+    project = NewProject(
+        dest=dest,
+        model=model,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        image_size=image_size,
+        dataset=dataset,
+        ddp=ddp,
+        vscode=vscode,
+        hooks=hooks,
+    )
+    files = create_project(
+        project, force=force, git=git, dry_run=dry_run, interactive=interactive
+    )
+    verb = "would create" if dry_run else "create"
+    for name in files:
+        typer.echo(f"{verb:>12}  {name}")
+    if not dry_run:
+        typer.echo(f"\nCreated {dest}. Next: cd {dest} && python train.py --epochs 1 --max-steps 3")
+
+
+@list_app.command("models")
+def list_models() -> None:
+    """The models `--model` accepts."""
+    for spec in MODELS.values():
+        typer.echo(f"{spec.name:<20} {spec.source:<12} min image {spec.min_image_size:<4} "
+                   f"{spec.description}")
+
+
+@list_app.command("datasets")
+def list_datasets() -> None:
+    """The datasets `--dataset` accepts."""
+    for name, description in DATASETS.items():
+        typer.echo(f"{name:<10} {description}")
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """Console entry point: every failure ends as one line on stderr and a documented exit code."""
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
+
+    try:
+        app(args=argv, prog_name="scaffold", standalone_mode=False)
+    except ScaffoldError as error:
+        typer.echo(f"error: {error}", err=True)
+        sys.exit(error.exit_code)
+    except NoArgsIsHelpError as error:
+        typer.echo(error.format_message(), err=True)
+        sys.exit(2)
+    except UsageError as error:
+        command = error.ctx.command_path if error.ctx else "scaffold"
+        typer.echo(f"error: {error.format_message()} (see '{command} --help')", err=True)
+        sys.exit(2)
+    except ClickException as error:
+        typer.echo(f"error: {error.format_message()}", err=True)
+        sys.exit(1)
+    except typer.Exit as done:
+        sys.exit(done.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        typer.echo("error: cancelled", err=True)
+        sys.exit(1)
+    except OSError as error:
+        where = f": {error.filename}" if error.filename else ""
+        typer.echo(f"error: {error.strerror or error}{where}", err=True)
+        sys.exit(1)
