@@ -97,6 +97,100 @@ def list_datasets() -> None:
         typer.echo(f"{name:<10} {description}")
 
 
+@app.command()
+def add(
+    component: str = typer.Argument(
+        ..., metavar="COMPONENT", help="hook, model, dataset, launch or slurm."
+    ),
+    name: Optional[str] = typer.Argument(
+        None, metavar="NAME", help="Its name (hook: default from --kind; none for launch, slurm)."
+    ),
+    kind: Optional[str] = typer.Option(
+        None, help="hook only: activations, gradients, nan_check or custom (the default)."
+    ),
+    directory: Optional[Path] = typer.Option(
+        None,
+        "-C",
+        "--directory",
+        metavar="DIR",
+        help="Use the project at or above DIR, not the current one.",
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan, write nothing."),
+    force: bool = typer.Option(False, "--force", help="Overwrite files you have changed."),
+) -> None:
+    """Add a hook, model, dataset, VS Code launch.json or SLURM script to this project."""
+    from scaffold.add import add_component
+
+    add_component(
+        component,
+        name,
+        kind=kind,
+        directory=directory,
+        dry_run=dry_run,
+        force=force,
+        echo=typer.echo,
+    )
+
+
+@app.command()
+def doctor() -> None:
+    """Check that generated projects can run here: Python, torch, CUDA, backends, git."""
+    from scaffold.doctor import check  # torch is imported in a child process, never here
+
+    report = check()
+    for line in report.lines:
+        typer.echo(line)
+    if report.problems:
+        raise ScaffoldError(report.summary())
+    typer.echo("ok: generated projects can run here")
+
+
+@app.command()
+def update(
+    directory: Optional[Path] = typer.Option(
+        None, "-C", "--directory", help="Use the project at or above DIR, not the current one."
+    ),
+    to: Optional[str] = typer.Option(
+        None, "--to", metavar="VERSION", help="Template version (default: the installed one)."
+    ),
+    settings: list[str] = typer.Option(
+        [], "--set", metavar="KEY=VALUE", help="Change an answer, e.g. ddp=true (repeatable)."
+    ),
+    conflict: str = typer.Option(
+        "inline", "--conflict", metavar="inline|rej", help="Conflict markers, or .rej files."
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Say what would change, change nothing."),
+) -> None:
+    """Apply what changed in the template since this project was made, keeping your edits."""
+    from scaffold.update import update_project
+
+    outcome = update_project(
+        directory, to=to, settings=settings, conflict=conflict, dry_run=dry_run, echo=typer.echo
+    )
+    if outcome is None:
+        typer.echo("Up to date: nothing to update.")
+
+
+@app.command("check-update")
+def check_update(
+    directory: Optional[Path] = typer.Option(
+        None, "-C", "--directory", help="Use the project at or above DIR, not the current one."
+    ),
+) -> None:
+    """Compare the project's template version with the installed one (exit 1: update available)."""
+    from scaffold.update import check_update as statuses_of
+
+    statuses = statuses_of(directory)
+    for status in statuses:
+        typer.echo(
+            f"{status.answers.label}: template {status.current}, "
+            f"installed {status.installed} ({status.state})"
+        )
+    if any(status.state == "update available" for status in statuses):
+        typer.echo("Run `scaffold update` to update.")
+        raise SystemExit(1)  # not typer.Exit: with standalone_mode=False its code is dropped
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Console entry point: every failure ends as one line on stderr and a documented exit code."""
     from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError

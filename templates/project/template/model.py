@@ -103,6 +103,11 @@ def build_model(
         replace_head(model, name, num_classes)
     else:
         model = torchvision.models.get_model(name, num_classes=num_classes, **extra)
+    # A zero head makes the first loss exactly ln(num_classes), as torchvision's ViT does;
+    # the default init of the other heads starts some models far from it.
+    head = model.get_submodule(HEADS[name])
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
     if in_channels != 3:
         replace_stem(model, in_channels)
     return model

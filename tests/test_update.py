@@ -1,0 +1,459 @@
+"""`scaffold update` and `check-update` over a template history built here (issue 7).
+
+A throwaway "scaffold repository" gets two releases: v1.0.0 is the installed project template as
+it is, v1.1.0 changes the default learning rate (one line of train.py), its --help text (another
+line) and adds tests/test_defaults.py. scaffold.release turns each release into bundles (as the
+release step does), and SCAFFOLD_BUNDLE_DIR points the scaffold under test at them: v1 "before
+pip install -U", v2 after. HOME is a temporary folder, so ~/.cache/scaffold is too.
+
+Everything runs `python -m scaffold` in a subprocess, so the scaffold under test is whichever
+this interpreter imports: the source tree, or a wheel installed into a fresh venv.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+import scaffold
+from scaffold import release
+from scaffold.render import template_dir
+
+pytestmark = pytest.mark.xdist_group("update")  # one worker builds the history once
+
+IDENTITY = {
+    "GIT_AUTHOR_NAME": "Test User",
+    "GIT_AUTHOR_EMAIL": "test@example.com",
+    "GIT_COMMITTER_NAME": "Test User",
+    "GIT_COMMITTER_EMAIL": "test@example.com",
+}
+LR_V1 = 'args.lr = 0.05 if args.optimizer == "sgd" else 0.001'
+LR_V2 = 'args.lr = 0.1 if args.optimizer == "sgd" else 0.001'
+HELP_V1 = "learning rate (default: 0.05 sgd, 0.001 adamw)"
+HELP_V2 = "learning rate (default: 0.1 sgd, 0.001 adamw)"
+USER_V1 = 'run.add_argument("--log-every", type=int, default=10'
+USER_V2 = 'run.add_argument("--log-every", type=int, default=25'
+NEW_TEST = '''"""Added by template v1.1.0."""
+
+import train
+
+
+def test_default_learning_rate():
+    assert train.parse_args([]).lr == 0.1
+'''
+# A stand-in for the components `scaffold add` writes: its own template and answers file.
+EXTRA_COPIER_YML = """_subdirectory: template
+_answers_file: ".copier-answers.extra-{{ name }}.yml"
+_envops:
+  undefined: jinja2.StrictUndefined
+name:
+  type: str
+  default: thing
+template_version:
+  type: str
+  default: "0.0.0"
+  when: false
+"""
+EXTRA_ANSWERS = "{{ dict(_copier_answers, template_version=template_version) | to_nice_yaml -}}\n"
+
+
+@dataclass
+class History:
+    repo: Path
+    v1: Path  # bundles of a scaffold 1.0.0 wheel
+    v2: Path  # bundles of a scaffold 1.1.0 wheel
+
+
+def git(*args: str, cwd: Path, env: dict | None = None) -> str:
+    result = subprocess.run(
+        ["git", *args], cwd=cwd, env=env or {**os.environ, **IDENTITY},
+        capture_output=True, text=True, check=True,
+    )
+    return result.stdout
+
+
+def replace_once(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert text.count(old) == 1, f"{path.name} no longer has exactly one {old!r}: update this test"
+    path.write_text(text.replace(old, new))
+
+
+def build_bundles(repo: Path, out: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "scaffold.release", "--repo", str(repo), "--out", str(out),
+         "--release"],
+        env={**os.environ, **IDENTITY}, check=True, capture_output=True,
+    )
+
+
+@pytest.fixture(scope="module")
+def history(tmp_path_factory) -> History:
+    base = tmp_path_factory.mktemp("history")
+    repo = base / "scaffold"
+    shutil.copytree(
+        template_dir("project"),
+        repo / "templates" / "project",
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+    )
+    extra = repo / "templates" / "extra"
+    (extra / "template" / "extras").mkdir(parents=True)
+    (extra / "copier.yml").write_text(EXTRA_COPIER_YML)
+    (extra / "template" / "{{ _copier_conf.answers_file }}.jinja").write_text(EXTRA_ANSWERS)
+    (extra / "template" / "extras" / "{{ name }}.py.jinja").write_text("VALUE = 1\n")
+    (repo / "scaffold").mkdir()
+    (repo / "scaffold" / "__init__.py").write_text('__version__ = "1.0.0"\n')
+    git("init", "--quiet", cwd=repo)
+    git("add", "--all", cwd=repo)
+    git("commit", "--quiet", "-m", "Release 1.0.0", cwd=repo)
+    git("tag", "v1.0.0", cwd=repo)
+    build_bundles(repo, base / "v1")
+
+    train = repo / "templates" / "project" / "template" / "train.py.jinja"
+    replace_once(train, LR_V1, LR_V2)
+    replace_once(train, HELP_V1, HELP_V2)
+    (repo / "templates" / "project" / "template" / "tests" / "test_defaults.py").write_text(NEW_TEST)
+    (extra / "template" / "extras" / "{{ name }}.py.jinja").write_text("VALUE = 2\n")
+    (repo / "scaffold" / "__init__.py").write_text('__version__ = "1.1.0"\n')
+    git("add", "--all", cwd=repo)
+    git("commit", "--quiet", "-m", "Release 1.1.0", cwd=repo)
+    git("tag", "v1.1.0", cwd=repo)
+    build_bundles(repo, base / "v2")
+    return History(repo, base / "v1", base / "v2")
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("home")
+
+
+def environment(home: Path, bundles: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        **IDENTITY,
+        "HOME": str(home),
+        "SCAFFOLD_BUNDLE_DIR": str(bundles),
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+
+
+def scaffold_cli(*args: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "scaffold", *args], cwd=cwd, env=env, capture_output=True, text=True
+    )
+
+
+def new_project(where: Path, home: Path, bundles: Path, *flags: str) -> Path:
+    where.mkdir(parents=True, exist_ok=True)
+    result = scaffold_cli(
+        "new", "proj", "--model", "lenet", *flags, cwd=where, env=environment(home, bundles)
+    )
+    assert result.returncode == 0, result.stderr
+    return where / "proj"
+
+
+def commit_all(project: Path, message: str) -> None:
+    git("add", "--all", cwd=project)
+    git("commit", "--quiet", "-m", message, cwd=project)
+
+
+def answers(project: Path, name: str = ".copier-answers.yml") -> dict:
+    return yaml.safe_load((project / name).read_text())
+
+
+def status(project: Path) -> str:
+    return git("status", "--porcelain", cwd=project)
+
+
+def user_edits(project: Path) -> None:
+    replace_once(project / "train.py", USER_V1, USER_V2)
+    (project / "my_notes.md").write_text("my own file\n")
+    commit_all(project, "My changes")
+
+
+def add_extra_component(project: Path, home: Path, bundles: Path, monkeypatch) -> None:
+    """What `scaffold add` does for a component, with the stand-in template."""
+    from scaffold import render
+
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("SCAFFOLD_BUNDLE_DIR", str(bundles))
+    staging = project.parent / "staging-extra"
+    render.copier_copy({"name": "thing"}, staging, name="extra")
+    shutil.copytree(staging, project, dirs_exist_ok=True)
+    shutil.rmtree(staging)
+    commit_all(project, "Add the extra component")
+
+
+# ---- the release step -----------------------------------------------------------------------
+
+
+def test_release_bundles_hold_every_version(history):
+    manifest = json.loads((history.v2 / "manifest.json").read_text())
+    assert manifest["version"] == "1.1.0"
+    assert manifest["templates"]["project"]["versions"] == ["1.0.0", "1.1.0"]
+    heads = git("bundle", "list-heads", str(history.v2 / "project.bundle"), cwd=history.repo)
+    assert "refs/tags/v1.0.0" in heads and "refs/tags/v1.1.0" in heads
+    # Deterministic: the 1.0.0 release is the same commit in the 1.0.0 and the 1.1.0 bundles.
+    old = git("bundle", "list-heads", str(history.v1 / "project.bundle"), cwd=history.repo)
+    tag = {line.split()[1]: line.split()[0] for line in heads.splitlines()}
+    assert f"{tag['refs/tags/v1.0.0']} refs/tags/v1.0.0" in old
+
+
+def test_release_mode_refuses_an_untagged_version(history, tmp_path):
+    repo = tmp_path / "repo"
+    shutil.copytree(history.repo, repo)
+    (repo / "scaffold" / "__init__.py").write_text('__version__ = "1.2.0"\n')
+    with pytest.raises(release.ReleaseError, match="v1.2.0 is not tagged"):
+        release.build_bundles(repo, tmp_path / "out", release=True)
+    # A development build bundles the working tree as the coming version instead.
+    manifest = release.build_bundles(repo, tmp_path / "out", warn=lambda message: None)
+    assert manifest["templates"]["project"]["versions"] == ["1.0.0", "1.1.0", "1.2.0"]
+    assert release.stale_templates(repo, tmp_path / "out") == []
+
+
+# ---- scaffold new records the version -------------------------------------------------------
+
+
+def test_new_records_version_and_renders_like_the_bundle(history, home, tmp_path):
+    project = new_project(tmp_path / "a", home, history.v1)
+    recorded = answers(project)
+    assert recorded["_commit"] == "v1.0.0"
+    assert recorded["_src_path"] == "~/.cache/scaffold/project.bundle"
+    assert recorded["template_version"] == "1.0.0"
+    cached = home / ".cache" / "scaffold" / "project.bundle"
+    assert cached.read_bytes() == (history.v1 / "project.bundle").read_bytes()
+    # The fast path (folder + stamped answers) gives what copier gives from the bundle itself.
+    from copier import run_copy
+
+    data = {k: v for k, v in recorded.items() if not k.startswith("_")}
+    reference = tmp_path / "b" / "proj"
+    env = {"HOME": str(home)}
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in env.items():
+            patch.setenv(key, value)
+        run_copy("~/.cache/scaffold/project.bundle", reference, data=data, vcs_ref="v1.0.0",
+                 defaults=True, overwrite=True, quiet=True)
+    for path in sorted(reference.rglob("*")):
+        if path.is_file():
+            mine = project / path.relative_to(reference)
+            assert mine.read_bytes() == path.read_bytes(), path.relative_to(reference)
+
+
+# ---- update ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def updated(history, home, tmp_path_factory):
+    """A v1 project with the user's edit, own file and a component, updated to v2."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        project = new_project(tmp_path_factory.mktemp("updated"), home, history.v1)
+        user_edits(project)
+        add_extra_component(project, home, history.v1, monkeypatch)
+    env = environment(home, history.v2)
+    check_before = scaffold_cli("check-update", cwd=project, env=env)
+    head = git("rev-parse", "HEAD", cwd=project)
+    result = scaffold_cli("update", cwd=project, env=env)
+    return project, result, check_before, head
+
+
+def test_update_applies_the_template_and_keeps_user_edits(updated):
+    project, result, _, head = updated
+    assert result.returncode == 0, result.stderr
+    train = (project / "train.py").read_text()
+    assert LR_V2 in train and HELP_V2 in train  # the template's changes
+    assert USER_V2 in train  # the user's edit
+    assert (project / "my_notes.md").read_text() == "my own file\n"
+    assert (project / "tests" / "test_defaults.py").read_text() == NEW_TEST
+    recorded = answers(project)
+    assert recorded["_commit"] == "v1.1.0" and recorded["template_version"] == "1.1.0"
+    assert recorded["_src_path"] == "~/.cache/scaffold/project.bundle"
+    assert 'TEMPLATE_VERSION = "1.1.0"' in train
+    # the component was updated too
+    assert (project / "extras" / "thing.py").read_text() == "VALUE = 2\n"
+    assert answers(project, ".copier-answers.extra-thing.yml")["_commit"] == "v1.1.0"
+    # one line per file; nothing committed for the user (HEAD unchanged, changes unstaged)
+    lines = result.stdout.splitlines()
+    for verb, path in [
+        ("updated", "train.py"),
+        ("created", "tests/test_defaults.py"),
+        ("updated", ".copier-answers.yml"),
+        ("updated", "extras/thing.py"),
+    ]:
+        assert any(line.split() == [verb, path] for line in lines), result.stdout
+    assert not any("my_notes.md" in line for line in lines)
+    assert git("rev-parse", "HEAD", cwd=project) == head
+    assert git("diff", "--cached", "--name-only", cwd=project) == ""
+
+
+def test_check_update(updated, history, home):
+    project, _, before, _ = updated
+    assert before.returncode == 1, before.stdout + before.stderr
+    assert "project: template 1.0.0, installed 1.1.0 (update available)" in before.stdout
+    assert "extra-thing: template 1.0.0, installed 1.1.0" in before.stdout
+    after = scaffold_cli("check-update", cwd=project, env=environment(home, history.v2))
+    assert after.returncode == 0, after.stdout + after.stderr
+    assert "project: template 1.1.0, installed 1.1.0 (up to date)" in after.stdout
+
+
+@pytest.mark.slow
+def test_updated_project_tests_pass(updated):
+    project, result, _, _ = updated
+    assert result.returncode == 0
+    tests = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-k", "not slow"],
+        cwd=project, capture_output=True, text=True,
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+    )
+    assert tests.returncode == 0, tests.stdout[-3000:] + tests.stderr[-2000:]
+    assert "passed" in tests.stdout
+
+
+def conflicting_project(tmp_path: Path, history: History, home: Path) -> Path:
+    project = new_project(tmp_path, home, history.v1)
+    replace_once(project / "train.py", LR_V1, 'args.lr = 0.02 if args.optimizer == "sgd" else 0.001')
+    commit_all(project, "My learning rate")
+    return project
+
+
+def test_conflict_inline(history, home, tmp_path):
+    project = conflicting_project(tmp_path, history, home)
+    result = scaffold_cli("update", cwd=project, env=environment(home, history.v2))
+    assert result.returncode == 1
+    assert any(line.split() == ["conflict", "train.py"] for line in result.stdout.splitlines())
+    assert result.stderr.startswith("error: conflicts in train.py")
+    assert len(result.stderr.strip().splitlines()) == 1
+    train = (project / "train.py").read_text()
+    assert "<<<<<<< before updating" in train and ">>>>>>> after updating" in train
+    assert "args.lr = 0.02" in train and LR_V2 in train
+    assert HELP_V2 in train  # the rest of the update went in
+    assert "train.py" in git("diff", "--name-only", "--diff-filter=U", cwd=project)
+
+
+def test_conflict_rej(history, home, tmp_path):
+    project = conflicting_project(tmp_path, history, home)
+    result = scaffold_cli(
+        "update", "--conflict", "rej", cwd=project, env=environment(home, history.v2)
+    )
+    assert result.returncode == 1
+    assert any(line.split() == ["conflict", "train.py"] for line in result.stdout.splitlines())
+    # copier's rej mode: the file takes the template's version, the user's hunk goes to .rej
+    assert "args.lr = 0.02" in (project / "train.py.rej").read_text()
+    assert LR_V2 in (project / "train.py").read_text()
+
+
+def test_refuses_a_dirty_tree_or_no_git(history, home, tmp_path):
+    project = new_project(tmp_path / "dirty", home, history.v1)
+    (project / "train.py").write_text((project / "train.py").read_text() + "# wip\n")
+    before = status(project)
+    result = scaffold_cli("update", cwd=project, env=environment(home, history.v2))
+    assert result.returncode == 1
+    assert "uncommitted changes" in result.stderr and "commit or stash" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert status(project) == before and answers(project)["_commit"] == "v1.0.0"
+
+    bare = new_project(tmp_path / "nogit", home, history.v1, "--no-git")
+    result = scaffold_cli("update", "-C", str(bare), cwd=tmp_path, env=environment(home, history.v2))
+    assert result.returncode == 1
+    assert "not in a git repository" in result.stderr and "git init" in result.stderr
+
+
+def test_dry_run_changes_nothing(history, home, tmp_path):
+    project = new_project(tmp_path, home, history.v1)
+    head = git("rev-parse", "HEAD", cwd=project)
+    result = scaffold_cli("update", "--dry-run", cwd=project, env=environment(home, history.v2))
+    assert result.returncode == 0, result.stderr
+    assert any(line.split() == ["would", "updated", "train.py"] for line in result.stdout.splitlines())
+    assert any(
+        line.split() == ["would", "created", "tests/test_defaults.py"]
+        for line in result.stdout.splitlines()
+    )
+    assert status(project) == "" and git("rev-parse", "HEAD", cwd=project) == head
+    assert answers(project)["_commit"] == "v1.0.0"
+
+
+def test_up_to_date_and_bad_requests(history, home, tmp_path):
+    project = new_project(tmp_path, home, history.v2)
+    env = environment(home, history.v2)
+    result = scaffold_cli("update", cwd=project, env=env)
+    assert result.returncode == 0 and "Up to date" in result.stdout
+    result = scaffold_cli("update", "--to", "9.9.9", cwd=project, env=env)
+    assert result.returncode == 2 and "not in this scaffold's history" in result.stderr
+    result = scaffold_cli("update", "--to", "1.0.0", cwd=project, env=env)
+    assert result.returncode == 1 and "downgrades are not supported" in result.stderr
+    result = scaffold_cli("update", "--set", "colour=red", cwd=project, env=env)
+    assert result.returncode == 2 and "no such answer" in result.stderr
+    result = scaffold_cli("update", "--set", "ddp=maybe", cwd=project, env=env)
+    assert result.returncode == 2 and "expected true or false" in result.stderr
+    result = scaffold_cli("update", "--conflict", "ours", cwd=project, env=env)
+    assert result.returncode == 2
+    assert status(project) == ""
+
+
+def test_update_to_an_explicit_version(history, home, tmp_path):
+    project = new_project(tmp_path, home, history.v1)
+    result = scaffold_cli("update", "--to", "v1.1.0", cwd=project, env=environment(home, history.v2))
+    assert result.returncode == 0, result.stderr
+    assert answers(project)["_commit"] == "v1.1.0"
+
+
+def test_plain_copier_update_works(history, home, tmp_path):
+    project = new_project(tmp_path, home, history.v1)
+    # `scaffold check-update` (any scaffold command) with the new install refreshes the cache.
+    env = environment(home, history.v2)
+    assert scaffold_cli("check-update", cwd=project, env=env).returncode == 1
+    copier = Path(sys.executable).with_name("copier")
+    command = [str(copier)] if copier.exists() else [sys.executable, "-m", "copier"]
+    result = subprocess.run(
+        [*command, "update", "--defaults", "--quiet"], cwd=project, env=env,
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert answers(project)["_commit"] == "v1.1.0"
+    assert LR_V2 in (project / "train.py").read_text()
+
+
+@pytest.mark.slow
+def test_set_ddp_adds_distributed_training(history, home, tmp_path):
+    project = new_project(tmp_path, home, history.v2, "--no-ddp")
+    assert not (project / "distributed.py").exists()
+    result = scaffold_cli("update", "--set", "ddp=true", cwd=project, env=environment(home, history.v2))
+    assert result.returncode == 0, result.stderr
+    assert "re-rendered with ddp=True" in result.stdout
+    assert answers(project)["ddp"] is True
+    assert (project / "distributed.py").is_file()
+    assert any(line.split() == ["created", "distributed.py"] for line in result.stdout.splitlines())
+    if (project / "tests" / "test_ddp.py").is_file():
+        command = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+                   "tests/test_ddp.py"]
+    else:
+        command = [sys.executable, "train.py", "--epochs", "1", "--max-steps", "2", "--device",
+                   "cpu", "--workers", "0", "--fake-size", "32", "--batch-size", "8",
+                   "--output-dir", "runs/ddp"]
+    run = subprocess.run(command, cwd=project, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+
+# ---- the installation itself ----------------------------------------------------------------
+
+
+def test_installation_carries_its_template_history(tmp_path, monkeypatch):
+    """The bundles of this installation (wheel, or a checkout that builds them) hold the
+    installed version, and `scaffold new` renders from the folder when it is that version."""
+    from scaffold import render
+
+    monkeypatch.delenv("SCAFFOLD_BUNDLE_DIR", raising=False)
+    source = render.template_source("project")
+    assert source.version == scaffold.__version__
+    assert source.versions[-1] == scaffold.__version__
+    assert f"refs/tags/v{scaffold.__version__}" in git(
+        "bundle", "list-heads", str(source.bundle), cwd=tmp_path
+    )
+    assert source.folder_is_release
