@@ -45,6 +45,13 @@ TAKEN_NAMES = {
     "model": set(),
     "dataset": {"Dataset"},
 }
+NEXT_STEPS = {
+    "hook": "python train.py --hooks {name} --max-steps 20",
+    "model": "python train.py --model {name} --max-steps 20",
+    "dataset": "python train.py --dataset {name} --max-steps 20",
+    "launch": "open the folder in VS Code; Run and Debug lists the configurations",
+    "slurm": "sbatch scripts/slurm.sbatch (from this folder)",
+}
 NAME = re.compile(r"[a-z][a-z0-9_]*\Z")
 MAX_NAME_LENGTH = 30  # keeps every generated line within LINE_LENGTH
 LINE_LENGTH = 100  # the generated project's black and ruff setting
@@ -122,8 +129,9 @@ def add_component(
     if conflicts:
         reasons = "; ".join(f"{change.path} {change.reason}" for change in conflicts)
         raise ScaffoldError(f"nothing was written: {reasons}")
-    if not dry_run:
+    if not dry_run and any(change.action in ("create", "update") for change in changes):
         write_changes(root, changes)
+        echo(f"\nNext: {NEXT_STEPS[component].format(name=name)}")
     return changes
 
 

@@ -147,10 +147,10 @@ def doctor() -> None:
 
 @app.command()
 def update(
-    directory: Optional[Path] = typer.Option(
+    directory: Path | None = typer.Option(
         None, "-C", "--directory", help="Use the project at or above DIR, not the current one."
     ),
-    to: Optional[str] = typer.Option(
+    to: str | None = typer.Option(
         None, "--to", metavar="VERSION", help="Template version (default: the installed one)."
     ),
     settings: list[str] = typer.Option(
@@ -173,7 +173,7 @@ def update(
 
 @app.command("check-update")
 def check_update(
-    directory: Optional[Path] = typer.Option(
+    directory: Path | None = typer.Option(
         None, "-C", "--directory", help="Use the project at or above DIR, not the current one."
     ),
 ) -> None:

@@ -154,9 +154,7 @@ def released_tags(repo: Path, version: str) -> list[tuple[str, str]]:
 # -- building -----------------------------------------------------------------------------------
 
 
-def build_bundles(
-    repo: Path, out: Path = BUNDLE_DIR, *, release: bool = False, warn=None
-) -> dict:
+def build_bundles(repo: Path, out: Path = BUNDLE_DIR, *, release: bool = False, warn=None) -> dict:
     """Write out/<name>.bundle for every template of `repo`, then out/manifest.json; return it."""
     warn = warn or (lambda message: print(f"warning: {message}", file=sys.stderr))
     repo = repo.resolve()
@@ -242,7 +240,9 @@ def build_bundles(
             partial = out / f".{name}.bundle.{os.getpid()}.tmp"
             _git(["bundle", "create", "--quiet", str(partial), "--all"], cwd=work)
             os.replace(partial, target)
-            refs = _git(["for-each-ref", "--format=%(refname)", "refs/tags", "refs/heads"], cwd=work)
+            refs = _git(
+                ["for-each-ref", "--format=%(refname)", "refs/tags", "refs/heads"], cwd=work
+            )
             for old in refs.split():  # the next template starts from no refs
                 _git(["update-ref", "-d", old], cwd=work)
             manifest["templates"][name] = {

@@ -11,9 +11,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from pathlib import Path
-
 from dataclasses import dataclass
+from pathlib import Path
 
 from scaffold import __version__
 from scaffold.errors import ScaffoldError, UsageError
@@ -28,7 +27,7 @@ BUNDLE_DIR_ENV = "SCAFFOLD_BUNDLE_DIR"  # another bundles folder (tests, air-gap
 
 
 def template_dir(name: str = "project") -> Path:
-    """The copier template `name`: inside the installed wheel, or at the top of a source checkout."""
+    """The copier template `name`: in the installed wheel, or at the top of a source checkout."""
     for root in (PACKAGE_DIR / "templates", SOURCE_ROOT / "templates"):
         if (root / name / "copier.yml").is_file():
             return root / name
@@ -241,7 +240,7 @@ def check_destination(dest: Path, force: bool) -> None:
         raise UsageError(f"{dest} is not empty: choose another DEST or pass --force")
     anchor = nearest_existing_dir(dest)
     if not anchor.is_dir() or not os.access(anchor, os.W_OK | os.X_OK):
-        raise ScaffoldError(f"cannot write to {anchor}: permission denied, choose another DEST")
+        raise ScaffoldError(f"cannot write to {anchor}: Permission denied; choose another DEST")
 
 
 def list_files(root: Path) -> list[str]:
@@ -282,7 +281,8 @@ def copier_copy(
         raise ScaffoldError("cancelled: nothing was written") from None
     except Exception as error:  # copier reports template problems as many different types
         message = str(error).strip().splitlines()
-        raise ScaffoldError(f"rendering failed: {message[0] if message else type(error).__name__}")
+        reason = message[0] if message else type(error).__name__
+        raise ScaffoldError(f"rendering failed: {reason}") from None
     for answers in Path(into).glob(".copier-answers*.yml"):
         if f"_src_path: {src}\n" in answers.read_text(encoding="utf-8"):
             stamp_answers(answers, source)
@@ -342,7 +342,13 @@ def create_project(
     if git and not dry_run and shutil.which("git") is None:
         raise ScaffoldError("git is not installed: install it, or pass --no-git")
 
-    work_root = Path(tempfile.mkdtemp(prefix=".scaffold-", dir=nearest_existing_dir(dest.parent)))
+    anchor = nearest_existing_dir(dest.parent)
+    try:
+        work_root = Path(tempfile.mkdtemp(prefix=".scaffold-", dir=anchor))
+    except OSError as error:
+        raise ScaffoldError(
+            f"cannot write to {anchor}: {error.strerror}; choose another DEST"
+        ) from None
     staging = work_root / project.name
     created_parents = []
     try:

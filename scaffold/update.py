@@ -208,7 +208,8 @@ def parse_settings(settings: Sequence[str], answers: Answers, source) -> dict[st
             if not isinstance(value, bool):
                 raise UsageError(f"--set {key}: expected true or false, got {text!r}")
         elif kind in ("int", "float"):
-            if isinstance(value, bool) or not isinstance(value, int if kind == "int" else int | float):
+            wanted = int if kind == "int" else (int, float)
+            if isinstance(value, bool) or not isinstance(value, wanted):
                 raise UsageError(f"--set {key}: expected a number, got {text!r}")
         else:
             value = text
@@ -276,8 +277,10 @@ def update_project(
             echo(f"{plan.answers.label}: template {plan.target}, re-rendered with {settings_text}")
         else:
             with_settings = f" with {settings_text}" if settings_text else ""
-            echo(f"{plan.answers.label}: template {plan.answers.version} -> {plan.target}"
-                 f"{with_settings}")
+            echo(
+                f"{plan.answers.label}: template {plan.answers.version} -> {plan.target}"
+                f"{with_settings}"
+            )
     if dry_run:
         with tempfile.TemporaryDirectory(prefix="scaffold-update-") as tmp:
             clone = Path(tmp) / "project"
@@ -355,9 +358,12 @@ def apply_plans(root: Path, top: Path, plans: list[Plan], conflict: str) -> Outc
             conflicts = find_conflicts(root, top)
     finally:
         if temporary:
+            # HEAD back where it was; what the temporary commit held becomes unstaged changes,
+            # except files with conflicts, whose index entries record the conflict
             kept = git(["diff", "--name-only", "-z", head, "HEAD"], top).split("\0")
-            git(["update-ref", "-m", "scaffold update: back to the project's commit", "HEAD", head], top)
-            unstage = [path for path in kept if path and path not in conflicts_in_top(root, top)]
+            git(["update-ref", "-m", "scaffold update: undo temporary commit", "HEAD", head], top)
+            unmerged = conflicts_in_top(root, top)
+            unstage = [path for path in kept if path and path not in unmerged]
             if unstage:
                 git(["reset", "--quiet", head, "--", *unstage], top)
     return Outcome(changed_files(root, top), conflicts, skipped)
@@ -403,8 +409,18 @@ def commit(top: Path, message: str) -> None:
     if not git(["config", "user.email"], top, check=False).strip():
         identity = ["-c", "user.name=scaffold", "-c", "user.email=scaffold@localhost"]
     git(
-        [*identity, "-c", "commit.gpgSign=false", "-c", "core.hooksPath=/dev/null",
-         "commit", "--quiet", "--no-verify", "-m", message],
+        [
+            *identity,
+            "-c",
+            "commit.gpgSign=false",
+            "-c",
+            "core.hooksPath=/dev/null",
+            "commit",
+            "--quiet",
+            "--no-verify",
+            "-m",
+            message,
+        ],
         top,
     )
 

@@ -70,8 +70,8 @@ def tree_hash(root: Path) -> str:
 
 
 def plan_lines(out: str) -> list[tuple[str, str]]:
-    """[(action, path)] from the plan printed on stdout."""
-    return [tuple(line.rsplit("  ", 1)) for line in out.splitlines() if line.strip()]
+    """[(action, path)] from the plan printed on stdout (the 'Next:' hint left out)."""
+    return [(line[:12], line[14:]) for line in out.splitlines() if line[12:14] == "  "]
 
 
 def actions(out: str) -> list[tuple[str, str]]:
@@ -137,6 +137,9 @@ def test_add_to_fresh_project(project, capsys, which):
     assert (code, err) == (0, "")
     assert actions(out) == expected
     assert out.splitlines()[0] == f"{'create':>12}  {expected[0][1]}"
+    option = {"hook": "--hooks", "model": "--model", "dataset": "--dataset"}[args[0]]
+    name = Path(expected[0][1]).stem.removeprefix(f"{args[0]}_")
+    assert out.endswith(f"\n\nNext: python train.py {option} {name} --max-steps 20\n")
     check_clean(project, [path for _, path in expected if path.endswith(".py")])
 
     # The same add again changes nothing and says so.
@@ -144,6 +147,7 @@ def test_add_to_fresh_project(project, capsys, which):
     code, out, err = scaffold(capsys, "add", *args, "-C", str(project))
     assert (code, err) == (0, "")
     assert actions(out) == [("identical", path) for _, path in expected]
+    assert "Next:" not in out
     assert tree_hash(project) == before
 
 

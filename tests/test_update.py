@@ -74,8 +74,12 @@ class History:
 
 def git(*args: str, cwd: Path, env: dict | None = None) -> str:
     result = subprocess.run(
-        ["git", *args], cwd=cwd, env=env or {**os.environ, **IDENTITY},
-        capture_output=True, text=True, check=True,
+        ["git", *args],
+        cwd=cwd,
+        env=env or {**os.environ, **IDENTITY},
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return result.stdout
 
@@ -88,9 +92,19 @@ def replace_once(path: Path, old: str, new: str) -> None:
 
 def build_bundles(repo: Path, out: Path) -> None:
     subprocess.run(
-        [sys.executable, "-m", "scaffold.release", "--repo", str(repo), "--out", str(out),
-         "--release"],
-        env={**os.environ, **IDENTITY}, check=True, capture_output=True,
+        [
+            sys.executable,
+            "-m",
+            "scaffold.release",
+            "--repo",
+            str(repo),
+            "--out",
+            str(out),
+            "--release",
+        ],
+        env={**os.environ, **IDENTITY},
+        check=True,
+        capture_output=True,
     )
 
 
@@ -119,7 +133,9 @@ def history(tmp_path_factory) -> History:
     train = repo / "templates" / "project" / "template" / "train.py.jinja"
     replace_once(train, LR_V1, LR_V2)
     replace_once(train, HELP_V1, HELP_V2)
-    (repo / "templates" / "project" / "template" / "tests" / "test_defaults.py").write_text(NEW_TEST)
+    (repo / "templates" / "project" / "template" / "tests" / "test_defaults.py").write_text(
+        NEW_TEST
+    )
     (extra / "template" / "extras" / "{{ name }}.py.jinja").write_text("VALUE = 2\n")
     (repo / "scaffold" / "__init__.py").write_text('__version__ = "1.1.0"\n')
     git("add", "--all", cwd=repo)
@@ -238,8 +254,15 @@ def test_new_records_version_and_renders_like_the_bundle(history, home, tmp_path
     with pytest.MonkeyPatch.context() as patch:
         for key, value in env.items():
             patch.setenv(key, value)
-        run_copy("~/.cache/scaffold/project.bundle", reference, data=data, vcs_ref="v1.0.0",
-                 defaults=True, overwrite=True, quiet=True)
+        run_copy(
+            "~/.cache/scaffold/project.bundle",
+            reference,
+            data=data,
+            vcs_ref="v1.0.0",
+            defaults=True,
+            overwrite=True,
+            quiet=True,
+        )
     for path in sorted(reference.rglob("*")):
         if path.is_file():
             mine = project / path.relative_to(reference)
@@ -308,7 +331,9 @@ def test_updated_project_tests_pass(updated):
     assert result.returncode == 0
     tests = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-k", "not slow"],
-        cwd=project, capture_output=True, text=True,
+        cwd=project,
+        capture_output=True,
+        text=True,
         env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
     )
     assert tests.returncode == 0, tests.stdout[-3000:] + tests.stderr[-2000:]
@@ -317,7 +342,9 @@ def test_updated_project_tests_pass(updated):
 
 def conflicting_project(tmp_path: Path, history: History, home: Path) -> Path:
     project = new_project(tmp_path, home, history.v1)
-    replace_once(project / "train.py", LR_V1, 'args.lr = 0.02 if args.optimizer == "sgd" else 0.001')
+    replace_once(
+        project / "train.py", LR_V1, 'args.lr = 0.02 if args.optimizer == "sgd" else 0.001'
+    )
     commit_all(project, "My learning rate")
     return project
 
@@ -359,7 +386,9 @@ def test_refuses_a_dirty_tree_or_no_git(history, home, tmp_path):
     assert status(project) == before and answers(project)["_commit"] == "v1.0.0"
 
     bare = new_project(tmp_path / "nogit", home, history.v1, "--no-git")
-    result = scaffold_cli("update", "-C", str(bare), cwd=tmp_path, env=environment(home, history.v2))
+    result = scaffold_cli(
+        "update", "-C", str(bare), cwd=tmp_path, env=environment(home, history.v2)
+    )
     assert result.returncode == 1
     assert "not in a git repository" in result.stderr and "git init" in result.stderr
 
@@ -369,7 +398,9 @@ def test_dry_run_changes_nothing(history, home, tmp_path):
     head = git("rev-parse", "HEAD", cwd=project)
     result = scaffold_cli("update", "--dry-run", cwd=project, env=environment(home, history.v2))
     assert result.returncode == 0, result.stderr
-    assert any(line.split() == ["would", "updated", "train.py"] for line in result.stdout.splitlines())
+    assert any(
+        line.split() == ["would", "updated", "train.py"] for line in result.stdout.splitlines()
+    )
     assert any(
         line.split() == ["would", "created", "tests/test_defaults.py"]
         for line in result.stdout.splitlines()
@@ -398,7 +429,9 @@ def test_up_to_date_and_bad_requests(history, home, tmp_path):
 
 def test_update_to_an_explicit_version(history, home, tmp_path):
     project = new_project(tmp_path, home, history.v1)
-    result = scaffold_cli("update", "--to", "v1.1.0", cwd=project, env=environment(home, history.v2))
+    result = scaffold_cli(
+        "update", "--to", "v1.1.0", cwd=project, env=environment(home, history.v2)
+    )
     assert result.returncode == 0, result.stderr
     assert answers(project)["_commit"] == "v1.1.0"
 
@@ -411,8 +444,11 @@ def test_plain_copier_update_works(history, home, tmp_path):
     copier = Path(sys.executable).with_name("copier")
     command = [str(copier)] if copier.exists() else [sys.executable, "-m", "copier"]
     result = subprocess.run(
-        [*command, "update", "--defaults", "--quiet"], cwd=project, env=env,
-        capture_output=True, text=True,
+        [*command, "update", "--defaults", "--quiet"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stderr
     assert answers(project)["_commit"] == "v1.1.0"
@@ -423,21 +459,51 @@ def test_plain_copier_update_works(history, home, tmp_path):
 def test_set_ddp_adds_distributed_training(history, home, tmp_path):
     project = new_project(tmp_path, home, history.v2, "--no-ddp")
     assert not (project / "distributed.py").exists()
-    result = scaffold_cli("update", "--set", "ddp=true", cwd=project, env=environment(home, history.v2))
+    result = scaffold_cli(
+        "update", "--set", "ddp=true", cwd=project, env=environment(home, history.v2)
+    )
     assert result.returncode == 0, result.stderr
     assert "re-rendered with ddp=True" in result.stdout
     assert answers(project)["ddp"] is True
     assert (project / "distributed.py").is_file()
     assert any(line.split() == ["created", "distributed.py"] for line in result.stdout.splitlines())
     if (project / "tests" / "test_ddp.py").is_file():
-        command = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-                   "tests/test_ddp.py"]
+        command = [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-x",
+            "-p",
+            "no:cacheprovider",
+            "tests/test_ddp.py",
+        ]
     else:
-        command = [sys.executable, "train.py", "--epochs", "1", "--max-steps", "2", "--device",
-                   "cpu", "--workers", "0", "--fake-size", "32", "--batch-size", "8",
-                   "--output-dir", "runs/ddp"]
-    run = subprocess.run(command, cwd=project, capture_output=True, text=True,
-                         env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+        command = [
+            sys.executable,
+            "train.py",
+            "--epochs",
+            "1",
+            "--max-steps",
+            "2",
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+            "--fake-size",
+            "32",
+            "--batch-size",
+            "8",
+            "--output-dir",
+            "runs/ddp",
+        ]
+    run = subprocess.run(
+        command,
+        cwd=project,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+    )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
 
 
