@@ -102,13 +102,13 @@ def add(
     component: str = typer.Argument(
         ..., metavar="COMPONENT", help="hook, model, dataset, launch or slurm."
     ),
-    name: Optional[str] = typer.Argument(
+    name: str | None = typer.Argument(
         None, metavar="NAME", help="Its name (hook: default from --kind; none for launch, slurm)."
     ),
-    kind: Optional[str] = typer.Option(
+    kind: str | None = typer.Option(
         None, help="hook only: activations, gradients, nan_check or custom (the default)."
     ),
-    directory: Optional[Path] = typer.Option(
+    directory: Path | None = typer.Option(
         None,
         "-C",
         "--directory",

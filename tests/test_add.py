@@ -69,13 +69,9 @@ def tree_hash(root: Path) -> str:
     return digest.hexdigest()
 
 
-def plan_lines(out: str) -> list[tuple[str, str]]:
-    """[(action, path)] from the plan printed on stdout (the 'Next:' hint left out)."""
-    return [(line[:12], line[14:]) for line in out.splitlines() if line[12:14] == "  "]
-
-
 def actions(out: str) -> list[tuple[str, str]]:
-    return [(action.strip(), path) for action, path in plan_lines(out)]
+    """[(action, path)] from the plan on stdout: `{action:>12}  {path}` lines ('Next:' left out)."""
+    return [(line[:12].strip(), line[14:]) for line in out.splitlines() if line[12:14] == "  "]
 
 
 def check_clean(root: Path, files: list[str]) -> None:
@@ -521,6 +517,22 @@ def hand_edit(project: Path) -> None:
         '"""A hook of my own."""\n\nfrom hooks.nan_check import NanCheck\n\n\n'
         "class Mine(NanCheck):\n    pass\n"
     )
+
+
+def test_hand_edited_project_keeps_its_lines(project, capsys):
+    hand_edit(project)
+    train_before = (project / "train.py").read_text()
+    registry_before = (project / "hooks/__init__.py").read_text()
+    code, out, _ = scaffold(
+        capsys, "add", "hook", "grad_watch", "--kind", "gradients", "-C", str(project)
+    )
+    assert code == 0 and ("update", "hooks/__init__.py") in actions(out)
+    registry = (project / "hooks/__init__.py").read_text()
+    added = set(registry.splitlines()) - set(registry_before.splitlines())
+    assert added == {"from hooks.grad_watch import GradWatch", '    "grad_watch": GradWatch,'}
+    assert "from hooks.zzz_mine import Mine\n" in registry and '    "mine": Mine,\n' in registry
+    assert (project / "train.py").read_text() == train_before
+    check_clean(project, ["hooks/__init__.py", "hooks/grad_watch.py"])
 
 
 @pytest.mark.slow

@@ -2,10 +2,13 @@
 
 import math
 import os
+import sys
 
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler, random_split
 from torchvision import datasets, transforms
+from torchvision.datasets.folder import IMG_EXTENSIONS
 
 
 class DatasetError(Exception):
@@ -72,13 +75,14 @@ def folder_datasets(args, train_transform, val_transform):
             f"data directory {data_dir} does not exist: pass --data-dir with one folder per class"
         )
     split_dirs = [os.path.join(data_dir, part) for part in ("train", "val")]
+    is_valid = image_checker(args.skip_bad_images)
     try:
         if all(os.path.isdir(path) for path in split_dirs):
-            train = datasets.ImageFolder(split_dirs[0], train_transform)
-            val = datasets.ImageFolder(split_dirs[1], val_transform)
+            train = datasets.ImageFolder(split_dirs[0], train_transform, is_valid_file=is_valid)
+            val = datasets.ImageFolder(split_dirs[1], val_transform, is_valid_file=is_valid)
             classes = train.classes
         else:
-            full = datasets.ImageFolder(data_dir)
+            full = datasets.ImageFolder(data_dir, is_valid_file=is_valid)
             val_size = max(len(full) // 10, 1)
             generator = torch.Generator().manual_seed(args.seed)
             train_part, val_part = random_split(full, [len(full) - val_size, val_size], generator)
@@ -92,6 +96,29 @@ def folder_datasets(args, train_transform, val_transform):
             f"{data_dir} has {len(classes)} class folders but --num-classes is {num_classes}"
         )
     return train, val
+
+
+def image_checker(skip_bad_images: bool):
+    """An ImageFolder `is_valid_file` that opens every image once, so a broken file is found
+    before training starts instead of hours into it."""
+
+    def is_valid_image(path: str) -> bool:
+        if not path.lower().endswith(IMG_EXTENSIONS):
+            return False
+        try:
+            with Image.open(path) as image:
+                image.verify()
+            return True
+        except (OSError, SyntaxError) as error:  # what PIL raises for unreadable files
+            if not skip_bad_images:
+                raise DatasetError(
+                    f"cannot read image {path} ({error}): fix or delete it, or pass "
+                    "--skip-bad-images"
+                ) from None
+            print(f"warning: skipping unreadable image {path}", file=sys.stderr)
+            return False
+
+    return is_valid_image
 
 
 class TransformedSubset(Dataset):
