@@ -24,6 +24,7 @@ SOURCE_ROOT = PACKAGE_DIR.parent  # the checkout, when scaffold runs from one (e
 # directory (copier expands `~`); scaffold keeps the file there current (see cached_bundle).
 CACHE_URL = "~/.cache/scaffold"
 BUNDLE_DIR_ENV = "SCAFFOLD_BUNDLE_DIR"  # another bundles folder (tests, air-gapped mirrors)
+BYTECODE = ("__pycache__", "*.py[co]")
 
 
 def template_dir(name: str = "project") -> Path:
@@ -272,6 +273,9 @@ def copier_copy(
             into,
             data=data,
             vcs_ref=source.tag if from_bundle else None,
+            # pip byte-compiles the .py files of an installed template, and copier drops its
+            # default excludes when copier.yml sets _subdirectory
+            exclude=BYTECODE,
             defaults=not interactive,
             overwrite=True,
             quiet=True,

@@ -41,6 +41,12 @@ SRC_PATH = re.compile(r"~/\.cache/scaffold/(?P<name>[A-Za-z0-9_.-]+)\.bundle")
 DESCRIBE = re.compile(r"(?P<tag>.+)-(?P<count>\d+)-g(?P<hash>[0-9a-f]+)")
 CONFLICT_CODES = {"DD", "AU", "UD", "UA", "DU", "AA", "UU"}
 CONFLICT_MODES = ("inline", "rej")
+DRY_RUN_VERBS = {
+    "updated": "would update",
+    "created": "would create",
+    "deleted": "would delete",
+    "conflict": "would conflict",
+}
 
 
 @dataclass(frozen=True)
@@ -271,7 +277,9 @@ def update_project(
     for plan in plans:
         cached_bundle(plan.answers.template, plan.source.bundle)
         settings_text = ", ".join(
-            f"{key}={value}" for key, value in plan.data.items() if key != "template_version"
+            f"{key}={str(value).lower() if isinstance(value, bool) else value}"
+            for key, value in plan.data.items()
+            if key != "template_version"
         )
         if plan.answers.version == plan.target:
             echo(f"{plan.answers.label}: template {plan.target}, re-rendered with {settings_text}")
@@ -288,9 +296,8 @@ def update_project(
             outcome = apply_plans(clone / root.relative_to(top), clone, plans, conflict)
     else:
         outcome = apply_plans(root, top, plans, conflict)
-    prefix = "would " if dry_run else ""
     for verb, path in outcome.changes:
-        echo(f"{prefix + verb:>14}  {path}")
+        echo(f"{DRY_RUN_VERBS[verb] if dry_run else verb:>14}  {path}")
     if outcome.skipped:
         echo(f"not updated yet: {', '.join(outcome.skipped)} (after the conflicts are resolved)")
     if outcome.conflicts:

@@ -31,9 +31,9 @@ A new hook subclasses Hook, overrides what it needs and is added to HOOKS in hoo
 """
 
 import fnmatch
+import os
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 
@@ -165,10 +165,11 @@ def module_parameters(modules: list[tuple[str, nn.Module]]) -> list[tuple[str, s
     ]
 
 
+# From the launcher's environment (RANK, WORLD_SIZE) rather than a process group: the same code
+# serves single-process projects, and no collective is involved.
 def is_distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def is_main_process() -> bool:
-    """True without torch.distributed and on global rank 0 (no collective involved)."""
-    return not is_distributed() or dist.get_rank() == 0
+    return int(os.environ.get("RANK", "0")) == 0

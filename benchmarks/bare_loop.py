@@ -1,0 +1,111 @@
+"""The baseline: the plainest PyTorch loop that trains the same thing as a generated train.py.
+
+Same model (the project's own model.build_model, seeded as train.py seeds it), same optimizer
+(SGD, lr 0.05, momentum 0.9, weight decay 1e-4: train.py's defaults), same batch size, a plain
+torch DataLoader over the same dataset, the same number of optimizer steps; with --amp and
+--channels-last the same autocast, GradScaler and memory format. Nothing else: no progress bar, no
+metrics, no LR schedule, no validation, no checkpoint, no hooks.
+
+As a script (for peak-RSS measurements, figure 6):
+
+    python benchmarks/bare_loop.py --project DIR --model lenet --fake-size 2048 --steps 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+
+def plain_loader(dataset, batch_size: int, workers: int, pin_memory: bool, seed: int = 0):
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        persistent_workers=workers > 0,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def bare_train(
+    model: nn.Module,
+    loader,
+    steps: int,
+    device: str = "cpu",
+    amp: bool = False,
+    channels_last: bool = False,
+) -> None:
+    """`steps` optimizer steps of `model` over `loader` (epochs repeat as needed)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as train.py does
+    memory_format = torch.channels_last if channels_last else torch.preserve_format
+    model.to(device, memory_format=memory_format)
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
+    criterion = nn.CrossEntropyLoss()
+    scaler = torch.amp.GradScaler(device.type) if amp and device.type == "cuda" else None
+    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    step = 0
+    while step < steps:
+        for images, labels in loader:
+            images = images.to(device, non_blocking=True)
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            labels = labels.to(device, non_blocking=True)
+            with torch.autocast(device.type, amp_dtype, enabled=amp):
+                loss = criterion(model(images), labels)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            if step == steps:
+                break
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--project", required=True, help="a generated project (its model.py)")
+    parser.add_argument("--model", default="lenet")
+    parser.add_argument("--dataset", default="fake", help="the project's --dataset")
+    parser.add_argument("--fake-size", type=int, default=2048)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=64)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--amp", action="store_true")
+    parser.add_argument("--channels-last", action="store_true")
+    args = parser.parse_args(argv)
+    sys.path.insert(0, args.project)
+    from dataset import build_datasets
+    from model import build_model
+
+    torch.manual_seed(0)
+    model = build_model(args.model, 10, 3, 32)
+    data_args = argparse.Namespace(
+        dataset=args.dataset,
+        fake_size=args.fake_size,
+        num_classes=10,
+        in_channels=3,
+        image_size=32,
+        augment=False,
+        seed=0,
+    )
+    train_set, _ = build_datasets(data_args)
+    loader = plain_loader(train_set, args.batch_size, args.workers, args.device == "cuda")
+    bare_train(model, loader, args.steps, args.device, args.amp, args.channels_last)
+
+
+if __name__ == "__main__":
+    main()

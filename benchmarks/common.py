@@ -1,0 +1,262 @@
+"""What every benchmark module shares: rows of the table, timing, subprocesses, workers.
+
+Nothing here imports torch: run.py stays light, and every measurement that needs torch runs in a
+worker process of its own (`python benchmarks/MODULE.py --worker CONFIG.json`), so that thread
+settings, imports and memory of one measurement never leak into another.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_DIR = ROOT / "benchmarks"
+PYTHON = sys.executable
+BIN = Path(sys.executable).parent
+NO_GPU = "no CUDA device"
+
+
+@dataclass
+class Row:
+    """One line of the table. `value` and `baseline` are what was measured, already formatted."""
+
+    figure: int
+    what: str
+    value: str
+    baseline: str = ""
+    ratio: float | None = None
+    target: str = ""
+    verdict: str = "info"  # met, MISSED, info, or why nothing was measured
+    note: str = ""
+
+    @property
+    def measured(self) -> bool:
+        return not self.verdict.startswith("not measured")
+
+
+@dataclass
+class Context:
+    """Settings of one run of the benchmarks, handed to every module's `measure`."""
+
+    quick: bool
+    devices: list[str]  # "cpu" and/or "cuda": where the training figures run
+    threads: int  # torch threads of every single-process CPU measurement
+    work: Path  # a scratch folder, removed at the end
+    projects: dict[str, Path] = field(default_factory=dict)  # "plain", "ddp" -> rendered project
+    cuda_available: bool = False
+    shared: dict = field(default_factory=dict)  # results one figure hands to a later one
+
+    def log(self, message: str) -> None:
+        print(f"  {message}", file=sys.stderr, flush=True)
+
+
+def median(values) -> float:
+    return statistics.median(values)
+
+
+def check(value: float, op: str, limit: float) -> str:
+    """'met' or 'MISSED' for `value OP limit`."""
+    ok = {"<": value < limit, "<=": value <= limit, ">=": value >= limit}[op]
+    return "met" if ok else "MISSED"
+
+
+def seconds(value: float) -> str:
+    return f"{value:.3f} s" if value < 10 else f"{value:.1f} s"
+
+
+def rate(value: float, unit: str) -> str:
+    if value >= 100:
+        return f"{value:,.0f} {unit}"
+    return f"{value:.3g} {unit}"
+
+
+def mib(kib: float) -> str:
+    return f"{kib / 1024:.0f} MiB"
+
+
+def bench_env(threads: int | None = None, **extra: str) -> dict[str, str]:
+    """The environment of a measured subprocess: the venv first on PATH, fixed thread counts."""
+    env = dict(os.environ)
+    env["PATH"] = str(BIN) + os.pathsep + env.get("PATH", "")
+    env.pop("PYTHONPATH", None)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
+        env["MKL_NUM_THREADS"] = str(threads)
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Finished:
+    wall: float  # seconds from start to exit
+    maxrss_kib: int  # peak resident set of the process itself (not of its children)
+    returncode: int
+    output: str
+
+
+def run_measured(cmd, *, cwd=None, env=None, timeout: float = 600) -> Finished:
+    """Run `cmd`; its wall time and its own peak RSS (os.wait4 on exactly this child)."""
+    log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-{os.getpid()}-{time.time_ns()}.log"
+    with open(log_path, "w+") as log:
+        start = time.perf_counter()
+        process = subprocess.Popen(
+            [str(part) for part in cmd],
+            cwd=cwd,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = start + timeout
+        while True:
+            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.perf_counter() > deadline:
+                os.killpg(process.pid, 9)
+                pid, status, usage = os.wait4(process.pid, 0)
+                break
+            time.sleep(0.002)
+        wall = time.perf_counter() - start
+        process.returncode = os.waitstatus_to_exitcode(status)
+        log.seek(0)
+        output = log.read()
+    log_path.unlink(missing_ok=True)
+    return Finished(wall, usage.ru_maxrss, process.returncode, output)
+
+
+def run_checked(cmd, **kwargs) -> Finished:
+    finished = run_measured(cmd, **kwargs)
+    if finished.returncode != 0:
+        shown = " ".join(str(part) for part in cmd)
+        raise RuntimeError(
+            f"{shown} exited {finished.returncode}:\n{finished.output[-3000:]}"
+        )
+    return finished
+
+
+def run_worker(module: str, config: dict, ctx: Context, threads: int | None = None) -> dict:
+    """Run `python benchmarks/MODULE.py --worker CONFIG` and return the JSON it wrote."""
+    config = dict(config)
+    stamp = time.time_ns()
+    config_path = ctx.work / f"{module}-{stamp}.json"
+    config["result"] = str(ctx.work / f"{module}-{stamp}.result.json")
+    config_path.write_text(json.dumps(config))
+    threads = ctx.threads if threads is None else threads
+    finished = run_checked(
+        [PYTHON, BENCH_DIR / f"{module}.py", "--worker", config_path],
+        cwd=ctx.work,
+        env=bench_env(threads),
+    )
+    return json.loads(Path(config["result"]).read_text())
+
+
+def worker_main(measure) -> None:
+    """The `--worker CONFIG.json` entry point of a module: measure(config) -> JSON result."""
+    if len(sys.argv) != 3 or sys.argv[1] != "--worker":
+        sys.exit(f"usage: {sys.argv[0]} --worker CONFIG.json (benchmarks/run.py starts workers)")
+    config = json.loads(Path(sys.argv[2]).read_text())
+    result = measure(config)
+    Path(config["result"]).write_text(json.dumps(result))
+
+
+def set_threads(threads: int) -> None:
+    """The same torch thread count in every worker (OMP_NUM_THREADS is set too)."""
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+class StepClock:
+    """perf_counter() after every optimizer step of every optimizer in this process.
+
+    Registered with torch.optim's global step post-hook, so the generated train.py and the bare
+    loop are timed by the same code without touching either. On CUDA, the device is synchronised
+    only at the two steps that bound the timed window (not on every step, which would hide the
+    generated loop's own synchronisations).
+    """
+
+    def __init__(self, warmup: int, steps: int, cuda: bool):
+        import torch
+        from torch.optim.optimizer import register_optimizer_step_post_hook
+
+        self.warmup, self.steps, self.cuda = warmup, steps, cuda
+        self.times: list[float] = []
+        self._torch = torch
+        self.handle = register_optimizer_step_post_hook(self._tick)
+
+    def _tick(self, optimizer, args, kwargs) -> None:
+        if self.cuda and len(self.times) + 1 in (self.warmup, self.steps):
+            self._torch.cuda.synchronize()
+        self.times.append(time.perf_counter())
+
+    def steps_per_second(self) -> float:
+        """Optimizer steps per second from the end of step `warmup` to the end of the last one."""
+        if len(self.times) < self.warmup + 1:
+            raise RuntimeError(f"only {len(self.times)} optimizer steps ran")
+        timed = self.times[self.warmup - 1 :]
+        return (len(timed) - 1) / (timed[-1] - timed[0])
+
+    def close(self) -> None:
+        self.handle.remove()
+
+
+def in_memory_sets(torch, size: int, val_size: int, classes: int = 10, image_size: int = 32):
+    """Random images and labels as tensors (the same for a given size on every process)."""
+    generator = torch.Generator().manual_seed(1234)
+    shape = (3, image_size, image_size)
+    images = torch.randn(size + val_size, *shape, generator=generator)
+    labels = torch.randint(0, classes, (size + val_size,), generator=generator)
+    return (images[:size], labels[:size]), (images[size:], labels[size:])
+
+
+def machine() -> dict[str, str]:
+    """Cores, CPU model, memory, Python and torch versions, GPU: for the header of the report."""
+    info = {"cores": str(os.cpu_count())}
+    if hasattr(os, "sched_getaffinity"):
+        info["cores"] = f"{len(os.sched_getaffinity(0))} usable of {os.cpu_count()}"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                info["memory"] = f"{int(line.split()[1]) / 1024**2:.0f} GiB"
+                break
+    except OSError:
+        pass
+    info["python"] = sys.version.split()[0]
+    probe = subprocess.run(
+        [
+            PYTHON,
+            "-c",
+            "import json, torch, torchvision, copier; print(json.dumps([torch.__version__, "
+            "torchvision.__version__, copier.__version__, torch.cuda.is_available() and "
+            "torch.cuda.get_device_name(0), torch.get_num_threads()]))",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    torch_version, vision_version, copier_version, gpu, threads = json.loads(probe.stdout)
+    info["torch"] = torch_version
+    info["torchvision"] = vision_version
+    info["copier"] = copier_version
+    info["gpu"] = gpu or "none"
+    info["torch default threads"] = str(threads)
+    return info
+
+
+def load_average() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f}, {five:.2f}, {fifteen:.2f}"
