@@ -97,6 +97,15 @@ def list_datasets() -> None:
         typer.echo(f"{name:<10} {description}")
 
 
+@list_app.command("variants")
+def list_variants() -> None:
+    """The option combinations CI renders and tests (scaffold/variants.py)."""
+    from scaffold.variants import describe
+
+    for line in describe():
+        typer.echo(line)
+
+
 @app.command()
 def add(
     component: str = typer.Argument(
@@ -189,6 +198,32 @@ def check_update(
     if any(status.state == "update available" for status in statuses):
         typer.echo("Run `scaffold update` to update.")
         raise SystemExit(1)  # not typer.Exit: with standalone_mode=False its code is dropped
+
+
+@app.command()
+def examples(
+    into: Optional[Path] = typer.Option(
+        None, "--into", metavar="DIR", help="Where (default: generated_examples/ of this checkout)."
+    ),
+    check: bool = typer.Option(
+        False, "--check", help="Compare with a fresh render, write nothing (exit 1 if they differ)."
+    ),
+) -> None:
+    """Render the example projects into generated_examples/ (see scaffold/examples.py)."""
+    from scaffold.examples import check_examples, write_examples
+
+    if check:
+        problems = check_examples(into)
+        for problem in problems:
+            typer.echo(problem)
+        if problems:
+            raise ScaffoldError(
+                f"{len(problems)} difference(s) from a fresh render: run `scaffold examples`"
+            )
+        typer.echo("generated examples are up to date")
+        return
+    for name in write_examples(into):
+        typer.echo(f"{'write':>12}  {name}")
 
 
 def main(argv: Optional[list[str]] = None) -> None:

@@ -13,6 +13,9 @@ from scaffold.errors import UsageError
 
 PROJECT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*\Z")
 MAX_NAME_LENGTH = 64
+MAX_CLASSES = 1_000_000
+MAX_CHANNELS = 64
+MAX_IMAGE_SIZE = 4096
 
 
 def check_project_name(name: str) -> None:
@@ -52,10 +55,13 @@ class NewProject:
             raise UsageError(
                 f"unknown dataset {self.dataset!r}; choose one of: {', '.join(DATASETS)}"
             )
-        if self.num_classes < 2:
-            raise UsageError(f"--num-classes must be at least 2, got {self.num_classes}")
-        if self.in_channels < 1:
-            raise UsageError(f"--in-channels must be at least 1, got {self.in_channels}")
+        for option, value, low, high in [
+            ("--num-classes", self.num_classes, 2, MAX_CLASSES),
+            ("--in-channels", self.in_channels, 1, MAX_CHANNELS),
+            ("--image-size", self.image_size, 1, MAX_IMAGE_SIZE),
+        ]:
+            if not low <= value <= high:
+                raise UsageError(f"{option} must be between {low} and {high}, got {value}")
         problem = MODELS[self.model].image_size_problem(self.image_size)
         if problem:
             raise UsageError(problem)

@@ -234,7 +234,16 @@ def nearest_existing_dir(path: Path) -> Path:
     return path
 
 
+# Never a place for a project, even for root.
+SYSTEM_DIRS = [Path(p) for p in ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib64", "/proc")]
+SYSTEM_DIRS += [Path(p) for p in ("/sbin", "/sys", "/usr")]
+
+
 def check_destination(dest: Path, force: bool) -> None:
+    real = dest.resolve()
+    system = next((d for d in SYSTEM_DIRS if real == d or d in real.parents), None)
+    if system or real == Path("/"):
+        raise UsageError(f"refusing to write into the system directory {system or '/'}")
     if dest.exists() and not dest.is_dir():
         raise UsageError(f"{dest} exists and is not a directory: choose another DEST")
     if dest.is_dir() and any(dest.iterdir()) and not force:

@@ -528,6 +528,8 @@ def test_installation_carries_its_template_history(tmp_path, monkeypatch):
     from scaffold import render
 
     monkeypatch.delenv("SCAFFOLD_BUNDLE_DIR", raising=False)
+    if os.environ.get("SCAFFOLD_TEST_WHEEL"):  # make test-wheel: prove what is under test
+        assert "site-packages" in scaffold.__file__, scaffold.__file__
     source = render.template_source("project")
     assert source.version == scaffold.__version__
     assert source.versions[-1] == scaffold.__version__

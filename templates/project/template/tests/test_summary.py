@@ -10,6 +10,7 @@ from model import HEADS, MODEL_NAMES, LeNet, build_model, freeze
 from summary import count_parameters, format_summary, outputs_text, summarize
 
 DEFAULTS = train.parse_args([])
+LENET = ["--model=lenet", "--num-classes=10", "--in-channels=3", "--image-size=32"]  # 62,006 params
 
 
 def leaf_outputs_of_a_real_forward(model: nn.Module, batch: torch.Tensor) -> dict[str, list]:
@@ -134,7 +135,7 @@ def test_a_failing_forward_is_a_value_error_and_leaves_no_hooks():
 
 
 def test_train_summary_shows_the_frozen_backbone_and_does_not_train(tmp_path, capsys):
-    totals = run_train(tmp_path / "run", "--model=lenet", "--freeze=backbone", "--summary")
+    totals = run_train(tmp_path / "run", *LENET, "--freeze=backbone", "--summary")
     out = capsys.readouterr().out
     assert totals == {"params": 62_006, "trainable": 850, "frozen": 61_156}
     rows = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith("  ")}
@@ -144,6 +145,6 @@ def test_train_summary_shows_the_frozen_backbone_and_does_not_train(tmp_path, ca
 
 
 def test_every_run_starts_with_the_short_summary(tmp_path, capsys):
-    run_train(tmp_path, "--model=lenet", "--max-steps=1")
+    run_train(tmp_path, *LENET, "--max-steps=1")
     lines = capsys.readouterr().out.splitlines()
     assert "model lenet: 62,006 parameters (62,006 trainable, 0 frozen), 0.24 MB" in lines

@@ -1,0 +1,156 @@
+"""The declared variants: the named combinations of `scaffold new` options that CI renders and tests.
+
+Not the full product (9 models x 4 datasets x 2^3 booleans = 288), but a small list chosen so that
+    - every model appears once (each variant has its own model),
+    - every dataset, and both values of every boolean option, appear at least once,
+    - every pair of the boolean options ddp, vscode and hooks takes all four value combinations
+      (pairwise: rows FFF, TTF, FTT, TFT below, in the order ddp/vscode/hooks).
+`check_coverage()` proves those properties; tests/test_variants.py calls it.
+
+For every variant the test suite renders the project, lints it and compares its files with the
+expected set. The generated project's own test suite is the expensive part (each process imports
+torch, DDP tests launch torchrun, vit_b_16 checkpoints are ~700 MB), so `suite` says how much of it
+runs: "full" for a few representative variants, "focused" (model tests, a smoke run, and one launch
+per feature: see tests/test_variants.py) for the others. `group` splits the variants into CI jobs
+(.github/workflows/ci.yml runs one job per group).
+
+Variants that train on data which cannot be downloaded in CI (folder, cifar10, mnist) still run
+their generated tests, which pass --dataset=fake explicitly; a separate test checks that their
+train.py, run with its defaults, fails with a message that says how to get the data.
+
+`scaffold list variants` prints this list; `scaffold examples` renders the ones in EXAMPLES into
+generated_examples/.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+
+from scaffold.catalog import DATASETS, MODELS
+from scaffold.options import NewProject
+
+BOOLEAN_OPTIONS = ("ddp", "vscode", "hooks")
+SUITES = ("full", "focused")
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str  # also the project name (and the folder name under generated_examples/)
+    model: str
+    dataset: str = "fake"
+    ddp: bool = False
+    vscode: bool = False
+    hooks: bool = False
+    image_size: int = 32
+    in_channels: int = 3
+    num_classes: int = 10
+    suite: str = "focused"
+    group: int = 1
+
+    def project(self, parent: Path) -> NewProject:
+        """The options of `scaffold new PARENT/NAME ...` for this variant."""
+        return NewProject(
+            dest=Path(parent) / self.name,
+            model=self.model,
+            num_classes=self.num_classes,
+            in_channels=self.in_channels,
+            image_size=self.image_size,
+            dataset=self.dataset,
+            ddp=self.ddp,
+            vscode=self.vscode,
+            hooks=self.hooks,
+        )
+
+    def flags(self) -> list[str]:
+        """The same choices as `scaffold new` flags (every option spelled out)."""
+        flags = [f"--model={self.model}", f"--dataset={self.dataset}"]
+        flags += [f"--image-size={self.image_size}", f"--in-channels={self.in_channels}"]
+        flags += [f"--num-classes={self.num_classes}"]
+        flags += [f"--{'' if getattr(self, name) else 'no-'}{name}" for name in BOOLEAN_OPTIONS]
+        return flags
+
+    def summary(self, width: int = 0) -> str:
+        features = [name for name in BOOLEAN_OPTIONS if getattr(self, name)] or ["minimal"]
+        return (
+            f"{self.name:<{width}}  {self.model:<18}  {self.dataset:<7}  "
+            f"{self.image_size:>3}px {self.in_channels}ch  {'+'.join(features):<16}  "
+            f"suite={self.suite:<7}  group={self.group}"
+        )
+
+
+# ddp/vscode/hooks:       F F F, T T F, F T T, T F T are the four pairwise rows; the rest vary.
+VARIANTS: tuple[Variant, ...] = (
+    Variant("lenet_minimal", "lenet", suite="full", group=1),
+    Variant("resnet18_ddp_vscode", "resnet18", ddp=True, vscode=True, suite="full", group=2),
+    Variant("vit_b_16_hooks_vscode", "vit_b_16", vscode=True, hooks=True, image_size=16, group=3),
+    Variant(
+        "mlp_mnist_ddp_hooks",
+        "mlp",
+        dataset="mnist",
+        ddp=True,
+        hooks=True,
+        image_size=28,
+        in_channels=1,
+        suite="full",
+        group=3,
+    ),
+    Variant("resnet34_cifar10", "resnet34", dataset="cifar10", hooks=True, group=1),
+    Variant("mobilenet_v3_small_folder", "mobilenet_v3_small", dataset="folder", vscode=True),
+    Variant("resnet50_defaults", "resnet50", vscode=True, hooks=True, group=2),
+    Variant(
+        "efficientnet_b0_everything",
+        "efficientnet_b0",
+        ddp=True,
+        vscode=True,
+        hooks=True,
+        group=2,
+    ),
+    Variant("convnext_tiny_ddp", "convnext_tiny", ddp=True, num_classes=100, group=3),
+)
+
+# Rendered in full under generated_examples/ by `scaffold examples`, and checked by a test.
+EXAMPLES: tuple[str, ...] = ("lenet_minimal", "resnet18_ddp_vscode", "vit_b_16_hooks_vscode")
+
+BY_NAME: dict[str, Variant] = {variant.name: variant for variant in VARIANTS}
+
+
+def groups() -> list[int]:
+    return sorted({variant.group for variant in VARIANTS})
+
+
+def check_coverage(variants: tuple[Variant, ...] = VARIANTS) -> list[str]:
+    """What the list fails to cover or gets wrong, one line each (empty when it is complete)."""
+    problems = []
+    names = [variant.name for variant in variants]
+    for name in sorted({name for name in names if names.count(name) > 1}):
+        problems.append(f"variant name {name!r} is used twice")
+    for variant in variants:
+        try:
+            variant.project(Path("variants")).validate()
+        except Exception as error:  # UsageError: an invalid combination
+            problems.append(f"{variant.name}: {error}")
+        if variant.suite not in SUITES:
+            problems.append(f"{variant.name}: suite must be one of {SUITES}, not {variant.suite!r}")
+    for model in MODELS:
+        if model not in {variant.model for variant in variants}:
+            problems.append(f"no variant uses model {model}")
+    for dataset in DATASETS:
+        if dataset not in {variant.dataset for variant in variants}:
+            problems.append(f"no variant uses dataset {dataset}")
+    for first, second in itertools.combinations(BOOLEAN_OPTIONS, 2):
+        seen = {(getattr(variant, first), getattr(variant, second)) for variant in variants}
+        for pair in itertools.product((False, True), repeat=2):
+            if pair not in seen:
+                problems.append(f"no variant has {first}={pair[0]} with {second}={pair[1]}")
+    for name in EXAMPLES:
+        if name not in names:
+            problems.append(f"example {name!r} is not a declared variant")
+    return problems
+
+
+def describe() -> list[str]:
+    """The lines `scaffold list variants` prints."""
+    width = max(len(variant.name) for variant in VARIANTS)
+    return [variant.summary(width) for variant in VARIANTS]

@@ -1,0 +1,117 @@
+"""Hostile and mistaken input to `new`, `add` and `update`: each gets one line, exit code 1 or 2,
+no traceback, and leaves every file exactly as it was."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+from test_cli import run, tree_digest
+
+from scaffold.options import NewProject
+from scaffold.render import create_project
+
+NEW = [
+    (["it's"], 2, 'invalid project name "it\'s"'),
+    (['a"b'], 2, "invalid project name 'a\"b'"),
+    (["a\nb"], 2, "invalid project name 'a\\nb'"),
+    (["{{ 7*7 }}"], 2, "invalid project name '{{ 7*7 }}'"),
+    (["{% raw %}x"], 2, "invalid project name '{% raw %}x'"),
+    (["${HOME}"], 2, "invalid project name '${HOME}'"),
+    (["$(touch pwned)"], 2, "invalid project name '$(touch pwned)'"),
+    (["\u0430bc"], 2, "invalid project name '\u0430bc'"),  # Cyrillic a
+    (["\uff50roj"], 2, "invalid project name '\uff50roj'"),  # fullwidth p
+    (["import"], 2, "it is a Python keyword"),
+    (["match"], 2, "it is a Python keyword"),
+    (["a" * 300], 2, "the project name is longer than 64 characters"),
+    (["/etc/evil"], 2, "refusing to write into the system directory /etc"),
+    (["/proc/self/evil"], 2, "refusing to write into the system directory /proc"),
+    (["existing_file"], 2, "exists and is not a directory"),
+    (["p", "--model", ""], 2, "unknown model ''"),
+    (["p", "--model", "resnet18; rm -rf /"], 2, "unknown model 'resnet18; rm -rf /'"),
+    (["p", "--dataset", "../../etc"], 2, "unknown dataset '../../etc'"),
+    (["p", "--num-classes", "-5"], 2, "--num-classes must be between 2 and 1000000, got -5"),
+    (["p", "--num-classes", "1e3"], 2, "Invalid value for '--num-classes'"),
+    (["p", "--image-size", "99999999999"], 2, "--image-size must be between 1 and 4096"),
+    (["p", "--in-channels", "3.5"], 2, "Invalid value for '--in-channels'"),
+    (["p", "--gpu"], 2, "No such option: --gpu"),
+    (["p", "--ddp=maybe"], 2, "Option '--ddp' does not take a value"),
+    ([], 2, "Missing argument 'dest'"),
+]
+
+ADD = [
+    (["hook", "{{7*7}}"], 2, "invalid hook name '{{7*7}}'"),
+    (["hook", "a\nb"], 2, "invalid hook name 'a\\nb'"),
+    (["hook", "class"], 2, "invalid hook name 'class': it is a Python keyword"),
+    (["hook", "x" * 31], 2, "invalid hook name"),
+    (["model", "resnet18"], 2, "model 'resnet18' is already built in"),
+    (["model", "\ufb01le"], 2, "invalid model name"),  # the fi ligature
+    (["dataset", "../evil"], 2, "invalid dataset name '../evil'"),
+    (["widget"], 2, "unknown component 'widget'"),
+    (["hook", "x", "--kind", "weird"], 2, "unknown hook kind 'weird'"),
+    (["hook", "-C", "/nonexistent"], 2, "/nonexistent is not a directory"),
+    (["hook", "--bogus"], 2, "No such option: --bogus"),
+]
+
+UPDATE = [
+    (["--set", "nonsense"], 2, "--set takes KEY=VALUE, got 'nonsense'"),
+    (["--set", "project_name={{ 7*7 }}"], 2, "invalid project name '{{ 7*7 }}'"),
+    (["--set", "model=bogus"], 2, "unknown model 'bogus'"),
+    (["--set", "num_classes=abc"], 2, "--set num_classes: expected a number, got 'abc'"),
+    (["--set", "_src_path=/tmp/evil"], 2, "--set _src_path: no such answer"),
+    (["--conflict", "maybe"], 2, "--conflict must be inline or rej, got 'maybe'"),
+    (["--to", "v99.0.0"], 2, "template version 99.0.0 is not in this scaffold's history"),
+    (["-C", "/nonexistent"], 2, "/nonexistent is not a directory"),
+]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hostile")
+    create_project(NewProject(dest=root / "proj", model="lenet"), git=True)
+    return root / "proj"
+
+
+def check(capsys, root, args, code, message):
+    before = tree_digest(root)
+    got_code, out, err = run(capsys, *args)
+    assert got_code == code, err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert message in err
+    assert "Traceback" not in out + err
+    assert tree_digest(root) == before
+
+
+@pytest.mark.parametrize("args, code, message", NEW, ids=[repr(a) for a, _, _ in NEW])
+def test_new(tmp_path, capsys, monkeypatch, args, code, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "existing_file").write_text("")
+    check(capsys, tmp_path, ["new", *args], code, message)
+
+
+@pytest.mark.parametrize("args, code, message", ADD, ids=[repr(a) for a, _, _ in ADD])
+def test_add(project, capsys, monkeypatch, args, code, message):
+    monkeypatch.chdir(project)
+    check(capsys, project, ["add", *args], code, message)
+
+
+@pytest.mark.parametrize("args, code, message", UPDATE, ids=[repr(a) for a, _, _ in UPDATE])
+def test_update(project, capsys, monkeypatch, args, code, message):
+    monkeypatch.chdir(project)
+    check(capsys, project, ["update", *args], code, message)
+
+
+def test_outside_a_project(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for command in (["add", "hook"], ["update"], ["check-update"]):
+        check(capsys, tmp_path, command, 2, "not inside a scaffold project")
+
+
+def test_runtime_refusals_exit_1_and_change_nothing(project, capsys, monkeypatch):
+    monkeypatch.chdir(project)
+    (project / "train.py").write_text((project / "train.py").read_text() + "# mine\n")
+    check(capsys, project, ["update"], 1, "uncommitted changes")
+    subprocess.run(["git", "checkout", "train.py"], cwd=project, check=True)
+    (project / "hooks" / "my_hook.py").write_text("# my own file of that name\n")
+    check(capsys, project, ["add", "hook"], 1, "hooks/my_hook.py")
+    (project / "hooks" / "my_hook.py").unlink()
