@@ -43,6 +43,7 @@ def measure(ctx: Context) -> list[Row]:
     times = {name: [] for name in commands}
     for command in commands.values():  # warm the file cache
         run_checked(command, env=env)
+        ctx.record(1, command)
     ctx.log(f"CLI start-up: {reps} x {len(commands)} commands")
     for rep in range(reps):
         order = list(commands) if rep % 2 == 0 else list(reversed(commands))
@@ -65,9 +66,7 @@ def measure(ctx: Context) -> list[Row]:
             )
         )
     for name in ("--help", "--version"):
-        probe = run_checked(
-            [PYTHON, "-c", IMPORT_PROBE.format(heavy=HEAVY), name], env=env
-        ).output
+        probe = run_checked([PYTHON, "-c", IMPORT_PROBE.format(heavy=HEAVY), name], env=env).output
         found = json.loads(probe.split("PROBE ", 1)[1].splitlines()[0])
         loaded = found["loaded"]
         forbidden = [name for name in loaded if name in ("torch", "copier")]

@@ -52,9 +52,25 @@ class Context:
     projects: dict[str, Path] = field(default_factory=dict)  # "plain", "ddp" -> rendered project
     cuda_available: bool = False
     shared: dict = field(default_factory=dict)  # results one figure hands to a later one
+    commands: dict[int, list[str]] = field(default_factory=dict)  # figure -> what it ran
 
     def log(self, message: str) -> None:
         print(f"  {message}", file=sys.stderr, flush=True)
+
+    def record(self, figure: int, command) -> None:
+        """Remember one command a figure ran, for the report (paths shortened)."""
+        if not isinstance(command, str):
+            command = shell_line(command)
+        command = command.replace(PYTHON, "python").replace(str(BIN) + "/", "")
+        command = command.replace(str(self.work), "$WORK").replace(str(ROOT) + "/", "")
+        if command not in self.commands.setdefault(figure, []):
+            self.commands[figure].append(command)
+
+
+def shell_line(command) -> str:
+    import shlex
+
+    return " ".join(shlex.quote(str(part)) for part in command)
 
 
 def median(values) -> float:
@@ -136,9 +152,7 @@ def run_checked(cmd, **kwargs) -> Finished:
     finished = run_measured(cmd, **kwargs)
     if finished.returncode != 0:
         shown = " ".join(str(part) for part in cmd)
-        raise RuntimeError(
-            f"{shown} exited {finished.returncode}:\n{finished.output[-3000:]}"
-        )
+        raise RuntimeError(f"{shown} exited {finished.returncode}:\n{finished.output[-3000:]}")
     return finished
 
 
@@ -150,7 +164,7 @@ def run_worker(module: str, config: dict, ctx: Context, threads: int | None = No
     config["result"] = str(ctx.work / f"{module}-{stamp}.result.json")
     config_path.write_text(json.dumps(config))
     threads = ctx.threads if threads is None else threads
-    finished = run_checked(
+    run_checked(
         [PYTHON, BENCH_DIR / f"{module}.py", "--worker", config_path],
         cwd=ctx.work,
         env=bench_env(threads),
@@ -189,6 +203,7 @@ class StepClock:
 
         self.warmup, self.steps, self.cuda = warmup, steps, cuda
         self.times: list[float] = []
+        self.cpu_times: list[float] = []  # this process's CPU time, all threads
         self._torch = torch
         self.handle = register_optimizer_step_post_hook(self._tick)
 
@@ -196,13 +211,26 @@ class StepClock:
         if self.cuda and len(self.times) + 1 in (self.warmup, self.steps):
             self._torch.cuda.synchronize()
         self.times.append(time.perf_counter())
+        self.cpu_times.append(time.process_time())
 
-    def steps_per_second(self) -> float:
-        """Optimizer steps per second from the end of step `warmup` to the end of the last one."""
+    def steps_per_second(self, cpu: bool = False) -> float:
+        """Optimizer steps per second from the end of step `warmup` to the end of the last one;
+        with `cpu`, per second of this process's CPU time (robust when other processes load the
+        machine: time spent waiting for a core is not counted)."""
         if len(self.times) < self.warmup + 1:
             raise RuntimeError(f"only {len(self.times)} optimizer steps ran")
-        timed = self.times[self.warmup - 1 :]
+        timed = (self.cpu_times if cpu else self.times)[self.warmup - 1 :]
         return (len(timed) - 1) / (timed[-1] - timed[0])
+
+    def window_rate(self, window: int, cpu: bool = False) -> float:
+        """Steps per second from the median duration of consecutive `window`-step windows after
+        warm-up: a burst of load from another process spoils a few windows, not the figure.
+        With window = train.py's --log-every each window holds exactly one logged step."""
+        timed = (self.cpu_times if cpu else self.times)[self.warmup - 1 :]
+        durations = [timed[i + window] - timed[i] for i in range(0, len(timed) - window, window)]
+        if not durations:
+            return self.steps_per_second(cpu)
+        return window / statistics.median(durations)
 
     def close(self) -> None:
         self.handle.remove()

@@ -39,18 +39,25 @@ BATCH = 32
 
 def measure(ctx: Context) -> list[Row]:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    workers = [0, 1, 2] if ctx.quick else list(range(0, max(cores, 2) + 2))
+    workers = [0, 1] if ctx.quick else list(range(0, max(cores, 2) + 2))
     config = {
         "project": str(ctx.projects["plain"]),
-        "images": 256 if ctx.quick else 1024,
+        "images": 128 if ctx.quick else 1024,
         "workers": workers,
         "threads": ctx.threads,
         "folder": str(ctx.work / "images"),
         # model -> (optimizer steps, warm-up steps) of each training run
-        "models": {"lenet": (40, 8)} if ctx.quick else {"lenet": (120, 20), "resnet18": (16, 4)},
+        "models": {"lenet": (20, 5)} if ctx.quick else {"lenet": (120, 20), "resnet18": (16, 4)},
         "repeats": 1 if ctx.quick else 3,
     }
     ctx.log(f"data pipeline: {config['images']} PNGs, workers {workers}")
+    ctx.record(
+        4,
+        "in-process dataset.build_loader(build_datasets(--dataset folder --data-dir $WORK/images), "
+        f"ShardedSampler, batch_size={BATCH}, workers=W, pin_memory=False, seed=0) "
+        "vs build_loader(InMemoryImages(tensors), ..., workers=0)",
+    )
+    ctx.record(4, "in-process bare_loop.bare_train(model, each loader above, steps)")
     result = run_worker("data_pipeline", config, ctx)
     memory = median(result["loader"]["memory"])
     rows = [

@@ -140,6 +140,7 @@ def main(argv=None) -> int:
             start = time.perf_counter()
             rows += module.measure(ctx)
             timings[number] = time.perf_counter() - start
+            print(f"    {timings[number]:.0f} s", file=sys.stderr, flush=True)
     finally:
         if args.keep:
             print(f"scratch folder kept: {work}", file=sys.stderr)
@@ -178,6 +179,7 @@ def render_report(args, rows, info, elapsed, timings, load_before, load_after, c
     import report
 
     return report.render(
+        figures=FIGURES,
         command=command_line(args),
         table=table(rows),
         notes=notes(rows),

@@ -202,8 +202,8 @@ def check_update(
 
 @app.command()
 def examples(
-    into: Optional[Path] = typer.Option(
-        None, "--into", metavar="DIR", help="Where (default: generated_examples/ of this checkout)."
+    into: Path | None = typer.Option(
+        None, "--into", metavar="DIR", help="Where (default: generated_examples/ in this checkout)."
     ),
     check: bool = typer.Option(
         False, "--check", help="Compare with a fresh render, write nothing (exit 1 if they differ)."

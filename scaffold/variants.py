@@ -1,4 +1,4 @@
-"""The declared variants: the named combinations of `scaffold new` options that CI renders and tests.
+"""The declared variants: named combinations of `scaffold new` options that CI renders and tests.
 
 Not the full product (9 models x 4 datasets x 2^3 booleans = 288), but a small list chosen so that
     - every model appears once (each variant has its own model),

@@ -1,0 +1,246 @@
+"""Datasets, transforms, the resumable sampler and the DataLoader."""
+
+import math
+import os
+import sys
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Sampler, random_split
+from torchvision import datasets, transforms
+from torchvision.datasets.folder import IMG_EXTENSIONS
+
+
+class DatasetError(Exception):
+    """A dataset that cannot be used as asked; the message says what to do."""
+
+
+class InMemoryImages(Dataset):
+    """An example Dataset: images and labels held in tensors. Copy it for your own data.
+
+    A Dataset needs only `__len__` and `__getitem__(index) -> (image, label)`.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform=None):
+        if len(images) != len(labels):
+            raise DatasetError(f"{len(images)} images but {len(labels)} labels")
+        self.images = images
+        self.labels = labels
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image = self.images[index]
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, int(self.labels[index])
+
+
+def build_transform(native_channels: int | None, in_channels: int, image_size: int, augment: bool):
+    """Resize, convert channels and normalize; native_channels None: images are already right."""
+    steps = []
+    if native_channels is not None:
+        steps += [transforms.Resize(image_size), transforms.CenterCrop(image_size)]
+        if in_channels != native_channels:
+            steps.append(transforms.Grayscale(num_output_channels=in_channels))
+    if augment:
+        steps += [
+            transforms.RandomCrop(image_size, padding=image_size // 8),
+            transforms.RandomHorizontalFlip(),
+        ]
+    steps += [transforms.ToTensor(), transforms.Normalize([0.5] * in_channels, [0.5] * in_channels)]
+    return transforms.Compose(steps)
+
+
+def fake_datasets(args, train_transform, val_transform):
+    """Random images and labels; sample i always comes from seed random_offset + i."""
+    shape = (args.in_channels, args.image_size, args.image_size)
+    train = datasets.FakeData(
+        args.fake_size, shape, args.num_classes, train_transform, random_offset=args.seed
+    )
+    val_size = max(args.fake_size // 4, 1)
+    val = datasets.FakeData(
+        val_size, shape, args.num_classes, val_transform, random_offset=args.seed + 10**6
+    )
+    return train, val
+
+
+def folder_datasets(args, train_transform, val_transform):
+    """DATA_DIR/train and DATA_DIR/val, or one DATA_DIR split 90/10 by seed."""
+    data_dir, num_classes = args.data_dir, args.num_classes
+    if not os.path.isdir(data_dir):
+        raise DatasetError(
+            f"data directory {data_dir} does not exist: pass --data-dir with one folder per class"
+        )
+    split_dirs = [os.path.join(data_dir, part) for part in ("train", "val")]
+    is_valid = image_checker(args.skip_bad_images)
+    try:
+        if all(os.path.isdir(path) for path in split_dirs):
+            train = datasets.ImageFolder(split_dirs[0], train_transform, is_valid_file=is_valid)
+            val = datasets.ImageFolder(split_dirs[1], val_transform, is_valid_file=is_valid)
+            classes = train.classes
+        else:
+            full = datasets.ImageFolder(data_dir, is_valid_file=is_valid)
+            val_size = max(len(full) // 10, 1)
+            generator = torch.Generator().manual_seed(args.seed)
+            train_part, val_part = random_split(full, [len(full) - val_size, val_size], generator)
+            train = TransformedSubset(train_part, train_transform)
+            val = TransformedSubset(val_part, val_transform)
+            classes = full.classes
+    except FileNotFoundError as error:
+        raise DatasetError(f"{data_dir}: {error}") from None
+    if len(classes) != num_classes:
+        raise DatasetError(
+            f"{data_dir} has {len(classes)} class folders but --num-classes is {num_classes}"
+        )
+    return train, val
+
+
+def image_checker(skip_bad_images: bool):
+    """An ImageFolder `is_valid_file` that opens every image once, so a broken file is found
+    before training starts instead of hours into it."""
+
+    def is_valid_image(path: str) -> bool:
+        if not path.lower().endswith(IMG_EXTENSIONS):
+            return False
+        try:
+            with Image.open(path) as image:
+                image.verify()
+            return True
+        except (OSError, SyntaxError) as error:  # what PIL raises for unreadable files
+            if not skip_bad_images:
+                raise DatasetError(
+                    f"cannot read image {path} ({error}): fix or delete it, or pass "
+                    "--skip-bad-images"
+                ) from None
+            print(f"warning: skipping unreadable image {path}", file=sys.stderr)
+            return False
+
+    return is_valid_image
+
+
+class TransformedSubset(Dataset):
+    """A subset of an untransformed dataset with its own transform (train and val differ)."""
+
+    def __init__(self, subset, transform):
+        self.subset = subset
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.subset)
+
+    def __getitem__(self, index: int):
+        image, label = self.subset[index]
+        return self.transform(image), label
+
+
+def cifar10_datasets(args, train_transform, val_transform):
+    return torchvision_datasets(
+        datasets.CIFAR10, "cifar-10-batches-py", args, train_transform, val_transform
+    )
+
+
+def mnist_datasets(args, train_transform, val_transform):
+    return torchvision_datasets(datasets.MNIST, "MNIST/raw", args, train_transform, val_transform)
+
+
+def torchvision_datasets(dataset_class, folder, args, train_transform, val_transform):
+    """A torchvision dataset from --data-dir; fetched only with --download."""
+    try:
+        train = dataset_class(
+            args.data_dir, train=True, transform=train_transform, download=args.download
+        )
+        val = dataset_class(
+            args.data_dir, train=False, transform=val_transform, download=args.download
+        )
+    except RuntimeError:
+        raise DatasetError(
+            f"{dataset_class.__name__} files not found in {os.path.join(args.data_dir, folder)}: "
+            "put them there or pass --download"
+        ) from None
+    return train, val
+
+
+# --dataset NAME -> builder(args, train_transform, val_transform) -> (train_set, val_set)
+DATASETS = {
+    "fake": fake_datasets,
+    "folder": folder_datasets,
+    "cifar10": cifar10_datasets,
+    "mnist": mnist_datasets,
+}
+# Channels each dataset's images have before the transform converts them to --in-channels.
+NATIVE_CHANNELS = {"fake": None, "mnist": 1}
+
+
+def build_datasets(args) -> tuple[Dataset, Dataset]:
+    """The training and validation sets of --dataset, transformed for --image-size and channels."""
+    if args.dataset not in DATASETS:
+        raise DatasetError(
+            f"unknown dataset {args.dataset!r}; choose one of: {', '.join(DATASETS)}"
+        )
+    native_channels = NATIVE_CHANNELS.get(args.dataset, 3)
+    train_transform = build_transform(
+        native_channels, args.in_channels, args.image_size, args.augment
+    )
+    val_transform = build_transform(native_channels, args.in_channels, args.image_size, False)
+    return DATASETS[args.dataset](args, train_transform, val_transform)
+
+
+class ShardedSampler(Sampler[int]):
+    """One rank's share of the indices for one epoch, shuffled by (seed, epoch), from any position.
+
+    Unlike DistributedSampler it can start mid-epoch (exact resume), and with pad=False it shards
+    without repeating samples, so validation sums across ranks count every sample exactly once.
+    """
+
+    def __init__(self, length, shuffle, seed=0, rank=0, world_size=1, pad=True):
+        self.length = length
+        self.shuffle = shuffle
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.pad = pad
+        self.epoch = 0
+        self.skip = 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """Start epoch `epoch`, leaving out the first `skip` samples of this rank's share."""
+        self.epoch = epoch
+        self.skip = skip
+
+    def indices(self) -> list[int]:
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.length, generator=generator).tolist()
+        else:
+            order = list(range(self.length))
+        if self.pad:
+            padded = math.ceil(self.length / self.world_size) * self.world_size
+            order += order[: padded - self.length]
+        return order[self.rank :: self.world_size][self.skip :]
+
+    def __iter__(self):
+        return iter(self.indices())
+
+    def __len__(self) -> int:
+        if self.pad:
+            share = math.ceil(self.length / self.world_size)
+        else:
+            share = len(range(self.rank, self.length, self.world_size))
+        return max(share - self.skip, 0)
+
+
+def build_loader(dataset, sampler, batch_size, workers, pin_memory, seed):
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        persistent_workers=workers > 0,
+        # Its own generator: otherwise each new iterator draws from the global RNG and a resumed
+        # run would see different random numbers than an uninterrupted one.
+        generator=torch.Generator().manual_seed(seed),
+    )

@@ -1,0 +1,68 @@
+"""CUDA smoke tests: two steps on the GPU with float16 autocast, GradScaler and channels-last, then
+a resume from the checkpoint.
+
+Marked `cuda`: skipped with "no CUDA device" on a machine without one, and a failure instead when
+REQUIRE_CUDA=1 is set (see conftest.py), so a GPU job cannot pass without running them.
+"""
+
+import math
+
+import pytest
+import torch
+from conftest import MODEL, read_metrics, run_train
+
+import checkpoint
+import train
+
+pytestmark = pytest.mark.cuda
+
+GPU = ["--device=cuda", "--amp", "--channels-last"]
+
+
+def watch_forward(monkeypatch) -> list:
+    """Record (input, output) of every forward pass of the model a run builds."""
+    seen = []
+    build = train.build_model
+
+    def build_and_watch(*args, **kwargs):
+        model = build(*args, **kwargs)
+        model.register_forward_hook(lambda module, inputs, output: seen.append((inputs[0], output)))
+        return model
+
+    monkeypatch.setattr(train, "build_model", build_and_watch)
+    return seen
+
+
+def train_steps(metrics_dir) -> list[int]:
+    return [line["step"] for line in read_metrics(metrics_dir) if line["kind"] == "step"]
+
+
+def test_two_steps_with_float16_autocast_and_channels_last(tmp_path, monkeypatch):
+    seen = watch_forward(monkeypatch)
+    metrics = run_train(tmp_path, *GPU, "--max-steps=2")
+    assert metrics["step"] == 2 and math.isfinite(metrics["train_loss"])
+    assert math.isfinite(metrics["val_loss"])
+    images, output = seen[0]
+    assert images.is_cuda and images.dtype == torch.float32
+    if images.dim() == 4:
+        assert images.is_contiguous(memory_format=torch.channels_last)
+    assert output.dtype == torch.float16, "autocast did not run the forward pass in float16"
+    state = checkpoint.load_checkpoint(tmp_path / "last.pt")
+    assert state["args"]["model"] == MODEL and state["step"] == 2
+    assert state["scaler"]["scale"] > 0, "no GradScaler state: float16 training without scaling"
+    assert all(tensor.device.type == "cpu" for tensor in state["model"].values())
+    assert all(torch.isfinite(tensor).all() for tensor in state["model"].values())
+
+
+def test_resume_on_the_gpu_continues_with_the_saved_grad_scaler(tmp_path, capsys):
+    whole = run_train(tmp_path / "whole", *GPU, "--max-steps=4")
+    run_train(tmp_path / "split", *GPU, "--max-steps=2")
+    capsys.readouterr()
+    resumed = run_train(tmp_path / "split", *GPU, "--max-steps=4", "--resume=auto")
+    assert "at epoch 0, step 2" in capsys.readouterr().out
+    assert resumed["step"] == whole["step"] == 4
+    assert train_steps(tmp_path / "split") == train_steps(tmp_path / "whole") == [1, 2, 3, 4]
+    # The scaler's scale and growth counter continue where the first half stopped: a resume
+    # that dropped the GradScaler state would restart them.
+    expected = checkpoint.load_checkpoint(tmp_path / "whole" / "last.pt")["scaler"]
+    assert checkpoint.load_checkpoint(tmp_path / "split" / "last.pt")["scaler"] == expected

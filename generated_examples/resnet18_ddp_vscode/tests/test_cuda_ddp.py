@@ -1,0 +1,79 @@
+"""Two processes on two GPUs over NCCL, started by torchrun, with float16 autocast and
+channels-last.
+
+Marked `cuda` like tests/test_cuda.py; needs 2 CUDA devices and is skipped with fewer.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import read_metrics, tiny_args
+
+import checkpoint
+
+pytestmark = pytest.mark.cuda
+
+PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LAUNCH_TIMEOUT = 300  # seconds, NCCL start-up and CUDA initialisation included
+
+# Stands in for train.py: records the backend each process joins the process group with.
+RECORD_BACKEND = """
+import os, sys
+
+import torch.distributed as dist
+
+sys.path.insert(0, {project!r})
+import train
+
+init_process_group = dist.init_process_group
+
+
+def init_and_record(backend, *args, **kwargs):
+    with open(os.path.join({marks!r}, "backend-" + os.environ["RANK"]), "w") as file:
+        file.write(str(backend))
+    return init_process_group(backend, *args, **kwargs)
+
+
+dist.init_process_group = init_and_record
+train.main(sys.argv[1:])
+"""
+
+
+def test_two_gpus_train_over_nccl(tmp_path):
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs 2 CUDA devices")
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    wrapper = tmp_path / "record_backend.py"
+    wrapper.write_text(RECORD_BACKEND.format(project=PROJECT, marks=str(marks)))
+    output_dir = tmp_path / "run"
+    options = ["--device=cuda", "--amp", "--channels-last", "--batch-size=4", "--max-steps=2"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += ["--nproc-per-node=2", str(wrapper), *tiny_args(output_dir, *options)]
+    command.append("--dist-timeout=60")
+    process = subprocess.Popen(
+        command,
+        cwd=PROJECT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        output, _ = process.communicate(timeout=LAUNCH_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+        pytest.fail(f"torchrun did not finish in {LAUNCH_TIMEOUT}s:\n{output[-3000:]}")
+    assert process.returncode == 0, output[-3000:]
+    backends = {path.name: path.read_text() for path in marks.iterdir()}
+    assert backends == {"backend-0": "nccl", "backend-1": "nccl"}, output[-3000:]
+    steps = [line["step"] for line in read_metrics(output_dir) if line["kind"] == "step"]
+    assert steps == [1, 2]
+    state = checkpoint.load_checkpoint(output_dir / "last.pt")
+    assert state["step"] == 2 and "scaler" in state
+    assert not any(key.startswith("module.") for key in state["model"])

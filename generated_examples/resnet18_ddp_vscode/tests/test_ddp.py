@@ -1,0 +1,316 @@
+"""Two CPU processes over gloo, started by the real torchrun through scripts/train_ddp.sh.
+
+Each torchrun launch costs seconds (every process imports torch), so each launch checks several
+things. LeNet has no BatchNorm or dropout, so 2 processes x batch 4 must train exactly like
+1 process x batch 8: same samples per step, gradients averaged across processes.
+"""
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import MODEL, load_model_state, read_metrics
+
+import train
+
+PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(PROJECT, "scripts", "train_ddp.sh")
+SBATCH = os.path.join(PROJECT, "scripts", "slurm.sbatch")
+STEPS = 7  # 5 steps per epoch: the runs cross an epoch boundary
+LAUNCH_TIMEOUT = 60  # seconds a whole torchrun launch may take, failures included
+
+# 36 training samples; 9 validation samples, which 2 processes cannot split evenly. The sizes are
+# fixed here, whatever this project's defaults.
+COMMON = [
+    "--model=lenet",
+    "--dataset=fake",
+    "--fake-size=36",
+    "--num-classes=10",
+    "--in-channels=3",
+    "--image-size=32",
+    "--workers=0",
+    "--epochs=2",
+    f"--max-steps={STEPS}",
+    "--log-every=1",
+    "--device=cpu",
+    "--deterministic",
+    "--dist-timeout=30",
+]
+
+# Stands in for train.py: records each process, makes rank 1 fail at optimizer step FAULT_STEP
+# (FAULT=raise: an exception; FAULT=kill: SIGKILL), and marks the processes that finished.
+FAULTY_TRAIN = """
+import json, os, signal, sys
+
+sys.path.insert(0, {project!r})
+import train
+
+rank = os.environ["RANK"]
+marks = os.environ["MARKS_DIR"]
+with open(os.path.join(marks, "started-" + rank), "w") as file:
+    json.dump({{"pid": os.getpid(), "omp": os.environ.get("OMP_NUM_THREADS")}}, file)
+to_device, calls = train.to_device, []
+
+
+def faulty_to_device(*args, **kwargs):
+    calls.append(1)  # one call per micro-batch: one per step here
+    if rank == "1" and len(calls) == int(os.environ["FAULT_STEP"]):
+        if os.environ["FAULT"] == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        raise RuntimeError("injected fault")
+    return to_device(*args, **kwargs)
+
+
+train.to_device = faulty_to_device
+train.main(sys.argv[1:])
+open(os.path.join(marks, "finished-" + rank), "w").close()
+"""
+
+# srun on one node: drop srun's own options, run the command once.
+FAKE_SRUN = '#!/bin/sh\nwhile [ "${1#-}" != "$1" ]; do shift; done\nexec "$@"\n'
+
+
+def launch(command, tmp_path, env=None) -> tuple[subprocess.CompletedProcess, float]:
+    """Run `command` in the project folder in its own process group; never leave it running."""
+    full_env = dict(os.environ)
+    full_env.pop("OMP_NUM_THREADS", None)
+    full_env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + full_env.get("PATH", "")
+    full_env.update(env or {})
+    start = time.monotonic()
+    process = subprocess.Popen(
+        command,
+        cwd=PROJECT,
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        output, _ = process.communicate(timeout=LAUNCH_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        kill_group(process.pid)
+        output, _ = process.communicate()
+        pytest.fail(f"{command} did not finish in {LAUNCH_TIMEOUT}s:\n{output[-3000:]}")
+    finally:
+        kill_group(process.pid)
+    elapsed = time.monotonic() - start
+    with open(tmp_path / "launch.log", "a") as log:
+        log.write(output)
+    return subprocess.CompletedProcess(command, process.returncode, output), elapsed
+
+
+def kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` still runs (a zombie, exited but not yet reaped, does not count)."""
+    if os.path.isdir("/proc"):
+        try:
+            with open(f"/proc/{pid}/stat") as file:
+                return file.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def run_ddp(tmp_path, *args: str, env=None):
+    return launch(["bash", SCRIPT, "2", *COMMON, "--batch-size=4", *args], tmp_path, env)
+
+
+def run_faulty(tmp_path, fault: str, step: int, *args: str):
+    """A 2-process run whose rank 1 fails at `step`; check that every process is gone in time."""
+    marks = tmp_path / f"marks-{fault}"
+    marks.mkdir()
+    wrapper = tmp_path / f"faulty_{fault}.py"
+    wrapper.write_text(FAULTY_TRAIN.format(project=PROJECT))
+    env = {"TRAIN_SCRIPT": str(wrapper), "MARKS_DIR": str(marks), "FAULT": fault}
+    env["FAULT_STEP"] = str(step)
+    result, elapsed = run_ddp(tmp_path, *args, env=env)
+    assert result.returncode != 0, result.stdout[-3000:]
+    assert elapsed < LAUNCH_TIMEOUT
+    started = {path.name: json.loads(path.read_text()) for path in marks.glob("started-*")}
+    assert sorted(started) == ["started-0", "started-1"], result.stdout[-3000:]
+    assert not list(marks.glob("finished-*")), "a process finished although rank 1 failed"
+    # torchrun starts each process in its own session: check them one by one.
+    pids = [record["pid"] for record in started.values()]
+    deadline = time.monotonic() + 5
+    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left_behind = [pid for pid in pids if alive(pid)]
+    for pid in left_behind:
+        os.kill(pid, signal.SIGKILL)
+    assert not left_behind, f"processes left behind: {left_behind}\n{result.stdout[-3000:]}"
+    return result, started
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory):
+    """One uninterrupted 2-process run through scripts/train_ddp.sh (shared by several tests)."""
+    tmp_path = tmp_path_factory.mktemp("ddp")
+    output_dir = tmp_path / "run"
+    init = tmp_path / "init.pt"
+    # Fine-tuning under DDP: start from a state dict saved with DDP's `module.` prefix.
+    torch.manual_seed(123)
+    model = train.build_model("lenet", 10, 3, 32, None)
+    torch.save({f"module.{k}": v for k, v in model.state_dict().items()}, init)
+    result, _ = run_ddp(tmp_path, f"--output-dir={output_dir}", f"--init-from={init}")
+    assert result.returncode == 0, result.stdout[-3000:]
+    return output_dir, init, result.stdout
+
+
+def test_two_processes_write_one_checkpoint_and_one_metrics_file(ddp_run):
+    output_dir, _, output = ddp_run
+    # Rank 0 alone writes: no second metrics file, no checkpoint per process, no temporary files.
+    assert sorted(os.listdir(output_dir)) == ["best.pt", "last.pt", "metrics.jsonl"]
+    records = read_metrics(output_dir)
+    assert [r["step"] for r in records if r["kind"] == "step"] == list(range(1, STEPS + 1))
+    assert [r["epoch"] for r in records if r["kind"] == "epoch"] == [1, 2]
+    state = load_model_state(output_dir / "last.pt")
+    assert not any(key.startswith("module.") for key in state)
+    model = train.build_model("lenet", 10, 3, 32, None)
+    model.load_state_dict(state)  # strict: the plain model's names
+    assert output.count("epoch 1: train_loss") == 1, "only rank 0 prints"
+    assert output.count("epoch 2: train_loss") == 1
+    assert "init-from" in output and "loaded 10 tensors" in output
+
+
+def test_two_processes_train_like_one_with_the_same_global_batch(ddp_run, tmp_path):
+    output_dir, init, _ = ddp_run
+    single_dir = tmp_path / "single"
+    final = train.main(
+        [*COMMON, "--batch-size=8", f"--output-dir={single_dir}", f"--init-from={init}"]
+    )
+    ddp_records, single_records = read_metrics(output_dir), read_metrics(single_dir)
+    ddp_losses = [r["loss"] for r in ddp_records if r["kind"] == "step"]
+    single_losses = [r["loss"] for r in single_records if r["kind"] == "step"]
+    assert len(ddp_losses) == len(single_losses) == STEPS
+    for ddp_loss, single_loss in zip(ddp_losses, single_losses, strict=True):
+        assert math.isclose(ddp_loss, single_loss, rel_tol=1e-5), (ddp_losses, single_losses)
+    ddp_final = ddp_records[-1]
+    assert ddp_final["val_acc"] == final["val_acc"]
+    assert math.isclose(ddp_final["val_loss"], final["val_loss"], rel_tol=1e-5)
+
+
+def test_validation_is_exact_for_an_uneven_split(ddp_run, tmp_path):
+    output_dir, _, _ = ddp_run
+    logged = read_metrics(output_dir)[-1]
+    # The same weights validated by one process over all 9 samples.
+    alone = train.main(
+        [*COMMON, "--batch-size=4", f"--output-dir={tmp_path}", "--eval-only"]
+        + [f"--resume={output_dir / 'last.pt'}"]
+    )
+    assert logged["val_acc"] == alone["val_acc"]
+    assert math.isclose(logged["val_loss"], alone["val_loss"], rel_tol=1e-6)
+
+
+def test_a_failing_rank_stops_every_process(tmp_path):
+    result, started = run_faulty(
+        tmp_path, "raise", 2, f"--model={MODEL}", f"--output-dir={tmp_path / 'run'}"
+    )
+    assert "injected fault" in result.stdout
+    # scripts/train_ddp.sh gives each of the 2 processes half of the cores.
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert {record["omp"] for record in started.values()} == {str(max(cores // 2, 1))}
+
+
+def test_a_killed_run_resumes_under_slurm_and_ends_like_an_uninterrupted_one(ddp_run, tmp_path):
+    output_dir, init, _ = ddp_run
+    resumed_dir = tmp_path / "run"
+    args = [f"--output-dir={resumed_dir}", f"--init-from={init}", "--save-every-steps=2"]
+    run_faulty(tmp_path, "kill", 3, *args)
+    assert (resumed_dir / "step_00000002.pt").exists()
+
+    # slurm.sbatch on one node, with stand-ins for srun and scontrol; it adds --resume auto.
+    env = fake_slurm(tmp_path, FAKE_SRUN)
+    result, _ = launch(["bash", SBATCH, *COMMON, "--batch-size=4", *args], tmp_path, env)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "resumed from" in result.stdout and "step 2" in result.stdout
+    assert "--rdzv-backend c10d" in result.stdout
+
+    resumed, uninterrupted = read_metrics(resumed_dir), read_metrics(output_dir)
+    assert len(resumed) == len(uninterrupted)
+    for resumed_record, record in zip(resumed, uninterrupted, strict=True):
+        # An epoch's mean train loss is summed in another order after a resume; all else is exact.
+        if "train_loss" in record:
+            resumed_loss, loss = resumed_record.pop("train_loss"), record.pop("train_loss")
+            assert math.isclose(resumed_loss, loss, rel_tol=1e-12)
+        assert resumed_record == record
+    resumed_state = load_model_state(resumed_dir / "last.pt")
+    for key, value in load_model_state(output_dir / "last.pt").items():
+        assert torch.equal(resumed_state[key], value), key
+
+
+def fake_slurm(tmp_path, srun: str) -> dict:
+    """The environment of a one-node job, with `srun` (a script) and a recording `scontrol`."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text(srun)
+    (bin_dir / "scontrol").write_text(
+        f'#!/bin/sh\necho "$@" >> {tmp_path}/scontrol.log\necho localhost\n'
+    )
+    for tool in ("srun", "scontrol"):
+        (bin_dir / tool).chmod(0o755)
+    return {
+        "PATH": f"{bin_dir}{os.pathsep}{os.path.dirname(sys.executable)}{os.pathsep}"
+        + os.environ.get("PATH", ""),
+        "SLURM_JOB_ID": "4242",
+        "SLURM_JOB_NODELIST": "localhost",
+        "SLURM_NNODES": "1",
+        "SLURM_NODEID": "0",
+        "SLURM_SUBMIT_DIR": PROJECT,
+        "NPROC_PER_NODE": "2",
+        "RDZV_PORT": str(free_port()),
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_the_time_limit_signal_requeues_the_job(tmp_path):
+    started = tmp_path / "srun-started"
+    env = {**os.environ, **fake_slurm(tmp_path, f"#!/bin/sh\ntouch {started}\nsleep 2\n")}
+    job = subprocess.Popen(["bash", SBATCH], cwd=PROJECT, env=env, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 10
+        while not started.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        job.send_signal(signal.SIGUSR1)  # what SLURM sends 3 minutes before the time limit
+        _, stderr = job.communicate(timeout=10)
+    finally:
+        job.kill()
+    assert job.returncode == 0, stderr.decode()
+    assert "requeue 4242" in (tmp_path / "scontrol.log").read_text()
+
+
+@pytest.mark.parametrize("script", [SCRIPT, SBATCH])
+def test_scripts_parse(script):
+    assert subprocess.run(["bash", "-n", script]).returncode == 0
+
+
+def test_script_usage_errors():
+    result = subprocess.run(["bash", SCRIPT], capture_output=True, text=True)
+    assert result.returncode == 2 and "usage" in result.stderr
+    result = subprocess.run(["bash", SCRIPT, "two"], capture_output=True, text=True)
+    assert result.returncode == 2 and "NPROC" in result.stderr
+    env = {**os.environ, "NNODES": "2", "RDZV_ENDPOINT": ""}
+    result = subprocess.run(["bash", SCRIPT, "2"], capture_output=True, text=True, env=env)
+    assert result.returncode == 2 and "RDZV_ENDPOINT" in result.stderr

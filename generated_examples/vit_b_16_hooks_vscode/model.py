@@ -1,0 +1,191 @@
+"""Models: small custom networks and torchvision's, adapted to any class count and channel count."""
+
+import fnmatch
+import os
+
+import torch
+import torchvision
+from torch import nn
+
+
+class LeNet(nn.Module):
+    """LeNet-5 as in the PyTorch CIFAR-10 tutorial, sized for any input channels and image size."""
+
+    def __init__(self, num_classes: int, in_channels: int, image_size: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 6, kernel_size=5)
+        self.conv2 = nn.Conv2d(6, 16, kernel_size=5)
+        self.pool = nn.MaxPool2d(2)
+        feature_size = ((image_size - 4) // 2 - 4) // 2
+        self.fc1 = nn.Linear(16 * feature_size * feature_size, 120)
+        self.fc2 = nn.Linear(120, 84)
+        self.fc3 = nn.Linear(84, num_classes)
+        init_weights(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(torch.relu(self.conv1(x)))
+        x = self.pool(torch.relu(self.conv2(x)))
+        x = torch.flatten(x, 1)
+        x = torch.relu(self.fc1(x))
+        x = torch.relu(self.fc2(x))
+        return self.fc3(x)
+
+
+class MLP(nn.Module):
+    """Two hidden layers over the flattened image: the simplest baseline."""
+
+    def __init__(self, num_classes: int, in_channels: int, image_size: int, hidden: int = 256):
+        super().__init__()
+        self.flatten = nn.Flatten()
+        self.fc1 = nn.Linear(in_channels * image_size * image_size, hidden)
+        self.fc2 = nn.Linear(hidden, hidden)
+        self.head = nn.Linear(hidden, num_classes)
+        init_weights(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.fc1(self.flatten(x)))
+        x = torch.relu(self.fc2(x))
+        return self.head(x)
+
+
+def init_weights(model: nn.Module) -> None:
+    """Kaiming init for conv and hidden layers; a small head, so the first loss is ~ln(classes)."""
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    for layer in layers:
+        nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+        nn.init.zeros_(layer.bias)
+    nn.init.normal_(layers[-1].weight, std=0.01)
+
+
+CUSTOM_MODELS = {"lenet": LeNet, "mlp": MLP}
+TORCHVISION_MODELS = [
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "mobilenet_v3_small",
+    "efficientnet_b0",
+    "convnext_tiny",
+    "vit_b_16",
+]
+MODEL_NAMES = [*CUSTOM_MODELS, *TORCHVISION_MODELS]
+
+# The classifier head of each model, by parameter-name prefix: replaced for a new class count,
+# trained when the backbone is frozen.
+HEADS = {
+    "lenet": "fc3",
+    "mlp": "head",
+    "resnet18": "fc",
+    "resnet34": "fc",
+    "resnet50": "fc",
+    "mobilenet_v3_small": "classifier.3",
+    "efficientnet_b0": "classifier.1",
+    "convnext_tiny": "classifier.2",
+    "vit_b_16": "heads.head",
+}
+
+
+def build_model(
+    name: str, num_classes: int, in_channels: int, image_size: int, weights: str | None = None
+) -> nn.Module:
+    """Build model `name`; `weights` names torchvision pretrained weights from the hub cache."""
+    if name in CUSTOM_MODELS:
+        if weights:
+            raise ValueError(
+                f"--weights is for torchvision models; {name} has no pretrained weights"
+            )
+        return CUSTOM_MODELS[name](num_classes, in_channels, image_size)
+    if name not in TORCHVISION_MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(MODEL_NAMES)}")
+    extra = {"image_size": image_size} if name.startswith("vit") else {}
+    if weights:
+        model = torchvision.models.get_model(name, **extra)
+        model.load_state_dict(pretrained_state_dict(name, weights))
+        replace_head(model, name, num_classes)
+    else:
+        model = torchvision.models.get_model(name, num_classes=num_classes, **extra)
+    # A zero head makes the first loss exactly ln(num_classes), as torchvision's ViT does;
+    # the default init of the other heads starts some models far from it.
+    head = model.get_submodule(HEADS[name])
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    if in_channels != 3:
+        replace_stem(model, in_channels)
+    return model
+
+
+def pretrained_state_dict(name: str, weights: str) -> dict[str, torch.Tensor]:
+    """Pretrained weights from the local torch hub cache; never downloads (see --download)."""
+    enum = torchvision.models.get_model_weights(name)
+    chosen = enum.DEFAULT if weights == "DEFAULT" else enum[weights]
+    path = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(chosen.url))
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"pretrained weights {name}.{chosen.name} are not in the hub cache: put the file at "
+            f"{path} (from {chosen.url}) or pass --download"
+        )
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def download_weights(name: str, weights: str) -> None:
+    """Fetch pretrained weights into the hub cache (the only code here that uses the network)."""
+    enum = torchvision.models.get_model_weights(name)
+    chosen = enum.DEFAULT if weights == "DEFAULT" else enum[weights]
+    chosen.get_state_dict(progress=True)
+
+
+def replace_head(model: nn.Module, name: str, num_classes: int) -> None:
+    parent_name, _, attribute = HEADS[name].rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    old = getattr(parent, attribute)
+    setattr(parent, attribute, nn.Linear(old.in_features, num_classes))
+
+
+def replace_stem(model: nn.Module, in_channels: int) -> None:
+    """Swap the first convolution for one that takes `in_channels` channels."""
+    parent, attribute, old = next(
+        (parent, attribute, child)
+        for parent in model.modules()
+        for attribute, child in parent.named_children()
+        if isinstance(child, nn.Conv2d)
+    )
+    setattr(
+        parent,
+        attribute,
+        nn.Conv2d(
+            in_channels,
+            old.out_channels,
+            kernel_size=old.kernel_size,
+            stride=old.stride,
+            padding=old.padding,
+            bias=old.bias is not None,
+        ),
+    )
+
+
+def freeze(model: nn.Module, spec: str, head: str) -> list[str]:
+    """Freeze parameters: "none", "backbone" (all but the `head` prefix) or name globs."""
+    if spec == "none":
+        return []
+    if spec == "backbone":
+        frozen = [n for n, _ in model.named_parameters() if not n.startswith(head + ".")]
+    else:
+        patterns = spec.split(",")
+        frozen = [
+            n for n, _ in model.named_parameters() if any(fnmatch.fnmatch(n, p) for p in patterns)
+        ]
+        if not frozen:
+            raise ValueError(f"--freeze {spec} matches no parameter name")
+    for name, parameter in model.named_parameters():
+        if name in frozen:
+            parameter.requires_grad_(False)
+    return frozen
+
+
+def set_train_mode(model: nn.Module) -> None:
+    """model.train(), but BatchNorm layers whose parameters are all frozen keep their statistics."""
+    model.train()
+    for module in model.modules():
+        parameters = list(module.parameters(recurse=False))
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and parameters:
+            if not any(p.requires_grad for p in parameters):
+                module.eval()

@@ -1,0 +1,272 @@
+"""Plot a run's metrics.jsonl: loss, validation accuracy and learning rate against the step.
+
+    python plot.py runs/train                        # writes runs/train/curves.png
+    python plot.py runs/a runs/b                     # both runs in one figure: ./curves.png
+    python plot.py --activations runs/train          # per-layer activation mean and std over
+                                                     # the steps of a --hooks activations run
+    python plot.py runs/train --output /tmp/c.png
+
+Epoch metrics (validation loss and accuracy, the epoch's mean training loss) are drawn at the step
+where their epoch ended. Needs matplotlib (`pip install -e '.[plot]'`); draws with the Agg backend
+into a file and never opens a window, so it works on a headless machine and during training.
+"""
+
+import argparse
+import fnmatch
+import json
+import math
+import os
+
+MAX_LAYERS = 12  # --activations draws at most this many layers by default (see pick_layers)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="a train.py --output-dir")
+    parser.add_argument(
+        "--output", help="the PNG to write (default RUN_DIR/curves.png, ./curves.png for several)"
+    )
+    parser.add_argument(
+        "--activations",
+        action="store_true",
+        help="per-layer activation mean/std of one --hooks activations run (activations.png)",
+    )
+    parser.add_argument(
+        "--layers", default="", help="--activations: module-name globs, comma-separated"
+    )
+    parser.add_argument(
+        "--max-layers",
+        type=int,
+        default=MAX_LAYERS,
+        help=f"--activations: draw at most this many layers (default {MAX_LAYERS})",
+    )
+    args = parser.parse_args(argv)
+    if args.activations and len(args.run_dirs) > 1:
+        parser.error("--activations plots one run at a time")
+    if args.max_layers < 1:
+        parser.error("--max-layers must be at least 1")
+    if args.output is None:
+        name = "activations.png" if args.activations else "curves.png"
+        folder = args.run_dirs[0] if len(args.run_dirs) == 1 else "."
+        args.output = os.path.join(folder, name)
+    return args
+
+
+def import_matplotlib():
+    """matplotlib's Figure and Agg canvas: no pyplot, so no window and no global figure state."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise SystemExit(
+            "error: plot.py needs matplotlib: pip install matplotlib (or pip install -e '.[plot]')"
+        ) from None
+    return Figure, FigureCanvasAgg
+
+
+def read_metrics(run_dir: str) -> list[dict]:
+    """The records of RUN_DIR/metrics.jsonl; SystemExit with one line when there are none.
+
+    A last line without its newline (being written by a running train.py) is skipped."""
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.isfile(path):
+        raise SystemExit(f"error: {path} not found: pass the --output-dir of a train.py run")
+    with open(path) as file:
+        lines = file.read().split("\n")
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            if number == len(lines):  # the unfinished last line
+                break
+            raise SystemExit(f"error: {path} line {number} is not JSON: {error}") from None
+    if not records:
+        raise SystemExit(f"error: {path} is empty: the run has logged nothing yet")
+    return records
+
+
+def run_labels(run_dirs: list[str]) -> list[str]:
+    """Each run's folder name, or its whole path where two runs share a folder name."""
+    names = [os.path.basename(os.path.normpath(run_dir)) for run_dir in run_dirs]
+    if len(set(names)) < len(names):
+        names = [os.path.normpath(run_dir) for run_dir in run_dirs]
+    return names
+
+
+def series(records: list[dict], kind: str, key: str) -> tuple[list, list]:
+    """(steps, values) of `key` in the records of `kind` ("step" or "epoch") that have it."""
+    chosen = [r for r in records if r.get("kind") == kind and r.get(key) is not None]
+    return [r["step"] for r in chosen], [r[key] for r in chosen]
+
+
+def plot_curves(runs: list[tuple[str, list[dict]]], output: str) -> None:
+    """Three panels sharing the step axis: losses, validation accuracy, learning rate; `runs` holds
+    (label, records) pairs."""
+    Figure, FigureCanvasAgg = import_matplotlib()
+    figure = Figure(figsize=(10, 10), layout="constrained")
+    FigureCanvasAgg(figure)
+    loss_axes, acc_axes, lr_axes = figure.subplots(3, 1, sharex=True)
+    several = len(runs) > 1
+    colors = [f"C{index % 10}" for index in range(len(runs))]
+    for (name, records), color in zip(runs, colors, strict=True):
+        prefix = f"{name}: " if several else ""
+        steps, losses = series(records, "step", "loss")
+        if steps:
+            loss_axes.plot(steps, losses, color=color, alpha=0.35, lw=1, label=f"{prefix}train")
+        steps, losses = series(records, "epoch", "train_loss")
+        if steps:
+            loss_axes.plot(
+                steps, losses, "o-", color=color, ms=4, label=f"{prefix}train (epoch mean)"
+            )
+        steps, losses = series(records, "epoch", "val_loss")
+        if steps:
+            loss_axes.plot(steps, losses, "s--", color=color, ms=4, label=f"{prefix}validation")
+        steps, accuracies = series(records, "epoch", "val_acc")
+        if steps:
+            acc_axes.plot(steps, accuracies, "o-", color=color, ms=4, label=name)
+        steps, rates = series(records, "step", "lr")
+        if not steps:  # logged less often than once an epoch: the epoch lines' rate
+            steps, rates = series(records, "epoch", "lr")
+        if steps:
+            lr_axes.plot(steps, rates, color=color, label=name)
+
+    loss_axes.set_ylabel("loss")
+    acc_axes.set_ylabel("validation accuracy")
+    lr_axes.set_ylabel("learning rate")
+    lr_axes.set_xlabel("step")
+    for axes in (loss_axes, acc_axes, lr_axes):
+        axes.grid(alpha=0.3)
+        if axes.lines and (several or axes is loss_axes):
+            axes.legend(fontsize="small")
+        elif not axes.lines:
+            axes.text(0.5, 0.5, "nothing logged yet", ha="center", transform=axes.transAxes)
+    title = ", ".join(name for name, _ in runs) if len(runs) <= 3 else f"{len(runs)} runs"
+    figure.suptitle(f"training curves: {title}")
+    save(figure, output)
+
+
+def activation_series(records: list[dict]) -> dict[str, dict[str, list]]:
+    """{module: {"step": [...], "mean": [...], "std": [...]}} in the order modules ran."""
+    layers: dict[str, dict[str, list]] = {}
+    for record in records:
+        if record.get("kind") != "step":
+            continue
+        stats = (record.get("hooks") or {}).get("activations") or {}
+        for module, values in stats.items():
+            layer = layers.setdefault(module, {"step": [], "mean": [], "std": []})
+            layer["step"].append(record["step"])
+            layer["mean"].append(values["mean"])
+            layer["std"].append(values["std"])
+    return layers
+
+
+def drift(stds: list[float]) -> float:
+    """How far a layer's std strayed from its first value: the largest |ln(std / first std)|;
+    inf for a NaN or infinite std."""
+    if not stds or any(not math.isfinite(s) for s in stds):
+        return math.inf
+    tiny = 1e-12
+    first = math.log(max(stds[0], tiny))
+    return max(abs(math.log(max(s, tiny)) - first) for s in stds)
+
+
+def pick_layers(stats: dict, globs: str, limit: int) -> tuple[list[str], int, int]:
+    """(chosen, matched, drifting): the layers matching `globs` (all for "") in model order; when
+    more than `limit` match, the limit // 3 whose std drifted most (dying or exploding) and the rest
+    evenly spaced over the others (the first and the last among them)."""
+    names = list(stats)
+    if globs:
+        patterns = [glob.strip() for glob in globs.split(",") if glob.strip()]
+        names = [n for n in names if any(fnmatch.fnmatch(n, p) for p in patterns)]
+    if len(names) <= limit:
+        return names, len(names), 0
+    drifting = sorted(names, key=lambda name: drift(stats[name]["std"]), reverse=True)
+    drifting = drifting[: limit // 3]
+    others = [name for name in names if name not in drifting]
+    count = limit - len(drifting)
+    if count == 1:
+        spaced = others[:1]
+    else:
+        step = (len(others) - 1) / (count - 1)
+        spaced = [others[round(index * step)] for index in range(count)]
+    chosen = set(drifting) | set(spaced)
+    return [name for name in names if name in chosen], len(names), len(drifting)
+
+
+def plot_activations(run_dir: str, records: list[dict], layers: str, limit: int, output) -> None:
+    """Mean (linear scale) and std (log scale) of each chosen layer's output over the steps: a
+    dying layer's std falls towards 0, an exploding one's grows by orders of magnitude."""
+    stats = activation_series(records)
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not stats:
+        raise SystemExit(
+            f"error: {path} has no activation statistics: train with --hooks activations"
+        )
+    chosen, matched, drifting = pick_layers(stats, layers, limit)
+    if not chosen:
+        raise SystemExit(f"error: --layers {layers} matches none of the {len(stats)} layers")
+    Figure, FigureCanvasAgg = import_matplotlib()
+    from matplotlib import colormaps
+
+    figure = Figure(figsize=(12, 8), layout="constrained")
+    FigureCanvasAgg(figure)
+    mean_axes, std_axes = figure.subplots(2, 1, sharex=True)
+    colormap = colormaps["viridis"]
+    # Log scale for std, where a std of exactly 0 (a dead layer) is drawn at a floor below the rest.
+    positive = [s for name in chosen for s in stats[name]["std"] if s > 0]
+    floor = min(positive, default=1.0) / 10
+    zeros = any(s == 0 for name in chosen for s in stats[name]["std"])
+    for index, name in enumerate(chosen):
+        color = colormap(index / max(len(chosen) - 1, 1))  # early layers dark, late ones light
+        layer = stats[name]
+        stds = [max(s, floor) if s == s else s for s in layer["std"]]  # s != s: NaN, left a gap
+        mean_axes.plot(layer["step"], layer["mean"], "-", color=color, marker=".", label=name)
+        std_axes.plot(layer["step"], stds, "-", color=color, marker=".", label=name)
+    mean_axes.set_ylabel("activation mean")
+    std_axes.set_yscale("log")
+    std_axes.set_ylabel(f"activation std (log{f'; 0 drawn at {floor:.1e}' if zeros else ''})")
+    std_axes.set_xlabel("step")
+    for axes in (mean_axes, std_axes):
+        axes.grid(alpha=0.3)
+    title = "layers"
+    if len(chosen) < matched:
+        title = f"{len(chosen)} of {matched} layers:\n{drifting} whose std drifted most,\n"
+        title += f"{len(chosen) - drifting} evenly spaced"
+    figure.legend(
+        *mean_axes.get_legend_handles_labels(),
+        loc="outside right upper",
+        fontsize="small",
+        title=title,
+    )
+    figure.suptitle(f"activations: {os.path.basename(os.path.normpath(run_dir))}")
+    save(figure, output)
+
+
+def save(figure, output: str) -> None:
+    folder = os.path.dirname(output)
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+    figure.savefig(output, dpi=100)
+
+
+def main(argv=None) -> str:
+    """Write the figure that `argv` asks for; return its path."""
+    args = parse_args(argv)
+    labels = run_labels(args.run_dirs)
+    runs = [(label, read_metrics(path)) for label, path in zip(labels, args.run_dirs, strict=True)]
+    if args.activations:
+        records = runs[0][1]
+        plot_activations(args.run_dirs[0], records, args.layers, args.max_layers, args.output)
+    else:
+        plot_curves(runs, args.output)
+    print(f"wrote {args.output}")
+    return args.output
+
+
+if __name__ == "__main__":
+    main()

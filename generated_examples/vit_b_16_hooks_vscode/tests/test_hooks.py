@@ -1,0 +1,275 @@
+"""The hooks/ package: handles, statistics, gradient norms, NaN checks, and a run with hooks."""
+
+import copy
+import os
+
+import pytest
+import torch
+from conftest import MODEL, read_metrics, run_train, tiny_args
+from torch import nn
+
+import train
+from hooks import HOOKS, HookSet
+from hooks.base import select_modules
+from model import build_model
+
+ALL_HOOKS = ",".join(HOOKS)
+
+
+def tiny_model(name: str) -> nn.Module:
+    torch.manual_seed(0)
+    return build_model(name, num_classes=10, in_channels=3, image_size=32)
+
+
+def images(batch: int = 2) -> torch.Tensor:
+    return torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+def hook_counts(model: nn.Module) -> int:
+    return sum(
+        len(module._forward_hooks)
+        + len(module._forward_pre_hooks)
+        + len(module._backward_hooks)
+        + len(module._backward_pre_hooks)
+        for module in model.modules()
+    )
+
+
+def capture_outputs(model: nn.Module, names) -> tuple[dict, list]:
+    """Each named module's output of the next forward (cloned before any in-place op)."""
+    outputs, handles = {}, []
+    for name in names:
+
+        def hook(module, inputs, output, name=name):
+            outputs[name] = output.detach().clone()
+
+        handles.append(model.get_submodule(name).register_forward_hook(hook))
+    return outputs, handles
+
+
+def test_attach_and_detach_leave_no_handles(tmp_path):
+    model = tiny_model("lenet")
+    assert hook_counts(model) == 0
+    hooks = HookSet("", model)
+    assert hook_counts(model) == 0 and hooks.end_step() == {}
+    hooks = HookSet(ALL_HOOKS, model, "", str(tmp_path))
+    assert hook_counts(model) == len(HOOKS) * len(select_modules(model))
+    hooks.start_step(1, record=True)
+    model(images()).sum().backward()
+    hooks.end_step()
+    hooks.start_step(2, record=True)
+    model(images())  # a step left without backward leaves its tensor hooks behind, until detach
+    hooks.detach()
+    assert hook_counts(model) == 0
+    assert all(not hook.handles and not hook.step_handles for hook in hooks.hooks.values())
+
+
+def test_default_modules_and_globs():
+    model = tiny_model("lenet")
+    assert [name for name, _ in select_modules(model)] == ["conv1", "conv2", "fc1", "fc2", "fc3"]
+    assert [name for name, _ in select_modules(model, "fc*, conv2")] == [
+        "conv2",
+        "fc1",
+        "fc2",
+        "fc3",
+    ]
+    with pytest.raises(ValueError, match="matches no module; module names: conv1, conv2"):
+        select_modules(model, "layer9.*")
+    with pytest.raises(ValueError, match="unknown hook 'bogus'; valid hooks: activations"):
+        HookSet("activations,bogus", model)
+
+
+@pytest.mark.parametrize("name", ["lenet", "resnet18"])
+def test_activation_stats_match_a_real_forward(tmp_path, name):
+    model = tiny_model(name)
+    names = [module_name for module_name, _ in select_modules(model)]
+    hooks = HookSet("activations", model, "", str(tmp_path))
+    outputs, handles = capture_outputs(model, names)
+    hooks.start_step(1, record=True)
+    model(images())
+    summary = hooks.end_step()["activations"]
+    assert list(summary) == names
+    for module_name, output in outputs.items():
+        stats = summary[module_name]
+        assert stats["mean"] == pytest.approx(output.mean().item(), rel=1e-4, abs=1e-5)
+        assert stats["std"] == pytest.approx(output.std().item(), rel=1e-4)
+        assert stats["absmax"] == pytest.approx(output.abs().max().item(), rel=1e-6)
+    if name == "resnet18":
+        # bn1 is followed by ReLU(inplace=True): its stats are of what bn1 returned.
+        assert summary["bn1"]["mean"] == pytest.approx(0.0, abs=1e-4)
+    for handle in handles:
+        handle.remove()
+    hooks.start_step(2, record=False)
+    model(images())
+    assert hooks.end_step() == {}
+
+
+def test_activation_stats_over_micro_batches_and_amp():
+    model = tiny_model("lenet")
+    batch = images(4)
+    outputs, handles = capture_outputs(model, ["fc1"])
+    model(batch)
+    handles[0].remove()
+    hooks = HookSet("activations,gradients", model, "fc1")
+    hooks.start_step(1, record=True)
+    for half in batch.chunk(2):
+        model(half).sum().backward()
+    stats = hooks.end_step()["activations"]["fc1"]
+    assert stats["mean"] == pytest.approx(outputs["fc1"].mean().item(), rel=1e-4)
+    assert stats["std"] == pytest.approx(outputs["fc1"].std().item(), rel=1e-4)
+    hooks.start_step(2, record=True)
+    with torch.autocast("cpu", torch.bfloat16):
+        model(batch).float().sum().backward()
+    summary = hooks.end_step()
+    assert summary["activations"]["fc1"]["mean"] == pytest.approx(
+        stats["mean"], abs=0.05 * stats["std"]
+    )
+    assert all(type(value) is float for value in summary["gradients"]["fc1"].values())
+
+
+def test_gradient_norms_match_autograd_and_grad():
+    model = tiny_model("lenet")
+    names = [name for name, _ in select_modules(model)]
+    outputs, handles = {}, []
+    for name in names:
+
+        def keep(module, inputs, output, name=name):
+            outputs[name] = output
+
+        handles.append(model.get_submodule(name).register_forward_hook(keep))
+    loss = nn.functional.cross_entropy(model(images()), torch.tensor([1, 2]))
+    expected = torch.autograd.grad(loss, [outputs[name] for name in names])
+    for handle in handles:
+        handle.remove()
+
+    hooks = HookSet("gradients", model)
+    hooks.start_step(1, record=True)
+    nn.functional.cross_entropy(model(images()), torch.tensor([1, 2])).backward()
+    summary = hooks.end_step()["gradients"]
+    for name, grad in zip(names, expected, strict=True):
+        norms = summary[name]
+        assert norms["grad_output"] == pytest.approx(grad.norm().item(), rel=1e-5)
+        module = model.get_submodule(name)
+        assert norms["weight"] == pytest.approx(module.weight.grad.norm().item(), rel=1e-6)
+        assert norms["bias"] == pytest.approx(module.bias.grad.norm().item(), rel=1e-6)
+
+
+def test_gradient_norms_with_in_place_relu_match_full_backward_hooks():
+    """resnet18's ReLU(inplace=True) after bn1 breaks register_full_backward_hook; the tensor hooks
+    give the same numbers as full backward hooks on a copy without in-place ReLUs."""
+    model = tiny_model("resnet18")
+    nn.init.normal_(model.fc.weight)  # the zero-initialized head would send back no gradient
+    reference = copy.deepcopy(model)
+    for module in reference.modules():
+        if isinstance(module, nn.ReLU):
+            module.inplace = False
+    expected = {}
+    for name in ["conv1", "bn1", "layer1.0.conv2", "fc"]:
+        reference.get_submodule(name).register_full_backward_hook(
+            lambda module, grad_in, grad_out, name=name: expected.__setitem__(
+                name, grad_out[0].norm().item()
+            )
+        )
+    reference(images().requires_grad_()).square().mean().backward()
+
+    # layer1.0.bn2 is followed by `out += identity`, in place too (full backward hooks fail there).
+    hooks = HookSet("gradients", model, "conv1,bn1,layer1.0.conv2,layer1.0.bn2,fc")
+    hooks.start_step(1, record=True)
+    model(images()).square().mean().backward()
+    summary = hooks.end_step()["gradients"]
+    got = {name: norms["grad_output"] for name, norms in summary.items()}
+    assert got.pop("layer1.0.bn2") > 0
+    assert got == pytest.approx(expected, rel=1e-4)
+    assert summary["bn1"]["weight"] == pytest.approx(model.bn1.weight.grad.norm().item())
+
+
+def test_nan_check_names_module_and_step():
+    model = tiny_model("lenet")
+    hooks = HookSet("nan_check", model)
+    hooks.start_step(3, record=False)
+    model(images()).sum().backward()
+    assert hooks.end_step() == {}
+    hooks.start_step(4, record=False)
+    (model(images()) * float("nan")).sum().backward()  # finite outputs, NaN gradients
+    with pytest.raises(
+        FloatingPointError, match="gradient of the output of module 'fc3' at step 4"
+    ):
+        hooks.end_step()
+    with torch.no_grad():
+        model.fc2.weight[0, 0] = float("inf")
+    hooks.start_step(5, record=False)
+    model(images()).sum().backward()
+    with pytest.raises(FloatingPointError, match="output of module 'fc2' at step 5"):
+        hooks.end_step()
+
+
+def test_nan_check_stops_training(tmp_path, monkeypatch):
+    def build_poisoned_model(*args, **kwargs):
+        model = build_model(*args, **kwargs)
+        calls = []
+
+        def poison(module, inputs):  # NaN into fc2 on the second training step
+            calls.append(len(calls) + 1)
+            return (inputs[0] * float("nan"),) if len(calls) == 2 else None
+
+        model.fc2.register_forward_pre_hook(poison)
+        return model
+
+    monkeypatch.setattr(train, "build_model", build_poisoned_model)
+    with pytest.raises(
+        SystemExit, match=r"error: NaN or Inf in the output of module 'fc2' at step 2"
+    ):
+        run_train(tmp_path, "--model=lenet", "--hooks=nan_check", "--max-steps=3")
+
+
+def test_training_logs_hook_summaries(tmp_path):
+    run_train(tmp_path, "--hooks", ALL_HOOKS, "--max-steps=2", "--log-every=1")
+    steps = [record for record in read_metrics(tmp_path) if record["kind"] == "step"]
+    assert [record["step"] for record in steps] == [1, 2]
+    args = train.parse_args(tiny_args(tmp_path))
+    model = build_model(MODEL, args.num_classes, args.in_channels, args.image_size)
+    names = [name for name, _ in select_modules(model)]
+    for record in steps:
+        summary = record["hooks"]
+        assert {"activations", "gradients"} <= set(summary) <= set(HOOKS)
+        # Every watched module that ran (ViT's attention out_proj owns parameters but never runs).
+        assert names[0] in summary["activations"] and set(summary["activations"]) <= set(names)
+        assert set(summary["activations"][names[0]]) == {"mean", "std", "absmax"}
+        assert "weight" in summary["gradients"][names[-1]]
+        assert "grad_output" in summary["gradients"][names[-1]]
+    assert not os.path.exists(tmp_path / "features")
+
+
+def test_hooks_only_on_logged_steps_and_feature_maps(tmp_path):
+    run_train(
+        tmp_path,
+        "--model=lenet",
+        "--hooks=activations",
+        "--hook-modules=conv*",
+        "--hook-save-steps=1",
+        "--max-steps=2",
+        "--log-every=2",
+    )
+    steps = [record for record in read_metrics(tmp_path) if record["kind"] == "step"]
+    assert [(record["step"], list(record["hooks"]["activations"])) for record in steps] == [
+        (2, ["conv1", "conv2"])
+    ]
+    assert os.listdir(tmp_path / "features") == ["step_00000001.pt"]
+    features = torch.load(tmp_path / "features" / "step_00000001.pt", weights_only=True)
+    assert {name: tuple(tensor.shape) for name, tensor in features.items()} == {
+        "conv1": (8, 6, 28, 28),
+        "conv2": (8, 16, 10, 10),
+    }
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--hooks=activations,bogus"], "error: unknown hook 'bogus'; valid hooks: activations"),
+        (["--hooks=gradients", "--hook-modules=nothing*"], "error: --hook-modules 'nothing"),
+        (["--hook-save-steps=1"], "error: --hook-save-steps saves feature maps"),
+    ],
+)
+def test_bad_hook_options_exit_with_a_message(tmp_path, extra, message):
+    with pytest.raises(SystemExit, match=message):
+        run_train(tmp_path, "--model=lenet", "--max-steps=1", *extra)

@@ -1,0 +1,365 @@
+"""Every declared variant (scaffold/variants.py) renders into a clean project whose own tests pass.
+
+Cheap checks, for every variant: exactly the expected files (FILES_BY_OPTION below), no template
+syntax left, every Python file compiles, black and ruff are clean, shell scripts parse, and the
+answers file records the choices.
+
+Expensive checks (marked slow, one xdist group per variant so that each variant's suite runs on
+one worker while others run beside it): the generated project's own test suite on CPU, in full
+for variants with suite="full" and a focused part of it (FOCUSED below) for the others; and, for
+variants whose dataset cannot be downloaded here, that train.py with its defaults fails with a
+message that says how to get the data.
+
+CUDA (marked cuda; `make test-cuda` runs them with REQUIRE_CUDA=1): the generated projects' CUDA
+tests, where a machine without a GPU fails instead of skipping.
+
+SCAFFOLD_VARIANT_GROUP=N (CI's matrix) keeps only the variants of group N.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from scaffold.cli import main
+from scaffold.render import create_project
+from scaffold.variants import BOOLEAN_OPTIONS, VARIANTS, Variant, check_coverage
+
+GROUP = os.environ.get("SCAFFOLD_VARIANT_GROUP")
+SELECTED = [variant for variant in VARIANTS if not GROUP or str(variant.group) == GROUP]
+
+# The files of a generated project, by the option that adds them: the one table to update when the
+# template gains a file. A file outside this table, or one for an option not chosen, fails the test.
+ALWAYS = (
+    ".copier-answers.yml",
+    ".gitignore",
+    "README.md",
+    "checkpoint.py",
+    "dataset.py",
+    "model.py",
+    "plot.py",
+    "pyproject.toml",
+    "summary.py",
+    "train.py",
+    "tests/conftest.py",
+    "tests/test_cuda.py",
+    "tests/test_data.py",
+    "tests/test_model.py",
+    "tests/test_plot.py",
+    "tests/test_summary.py",
+    "tests/test_train.py",
+)
+FILES_BY_OPTION = {
+    "ddp": (
+        "distributed.py",
+        "scripts/slurm.sbatch",
+        "scripts/train_ddp.sh",
+        "tests/test_cuda_ddp.py",
+        "tests/test_ddp.py",
+    ),
+    "hooks": (
+        "hooks/__init__.py",
+        "hooks/activations.py",
+        "hooks/base.py",
+        "hooks/gradients.py",
+        "hooks/nan_check.py",
+        "tests/test_hooks.py",
+    ),
+    "vscode": (".vscode/launch.json",),
+}
+
+# The focused part of a generated suite (suite="focused"): the model tests, one smoke run, one
+# torchrun launch with its checks (ddp), the hook summaries of a run (hooks), and the CUDA tests
+# (skipped without a GPU). Paths relative to the project; a name that no longer exists fails.
+FOCUSED = {
+    "always": (
+        "tests/test_model.py::test_output_has_one_logit_per_class",
+        "tests/test_model.py::test_first_loss_is_near_ln_num_classes",
+        "tests/test_train.py::test_smoke_run_logs_metrics_and_writes_checkpoints",
+        "tests/test_cuda.py",
+    ),
+    "ddp": (
+        "tests/test_ddp.py::test_two_processes_write_one_checkpoint_and_one_metrics_file",
+        "tests/test_ddp.py::test_two_processes_train_like_one_with_the_same_global_batch",
+        "tests/test_ddp.py::test_validation_is_exact_for_an_uneven_split",
+        "tests/test_cuda_ddp.py",
+    ),
+    "hooks": ("tests/test_hooks.py::test_training_logs_hook_summaries",),
+}
+
+# What train.py, run with its defaults and no data, must tell the user.
+HOW_TO_GET_DATA = {"folder": "--data-dir", "cifar10": "--download", "mnist": "--download"}
+
+SUITE_TIMEOUT = 900  # seconds for one generated suite; far above the slowest measured
+ids = [variant.name for variant in SELECTED]
+
+
+def expected_files(variant: Variant) -> set[str]:
+    files = set(ALWAYS)
+    for option, option_files in FILES_BY_OPTION.items():
+        if getattr(variant, option):
+            files.update(option_files)
+    return files
+
+
+def focused_tests(variant: Variant) -> list[str]:
+    tests = list(FOCUSED["always"])
+    for option in BOOLEAN_OPTIONS:
+        if getattr(variant, option):
+            tests += FOCUSED.get(option, ())
+    return tests
+
+
+def project_files(root: Path) -> list[Path]:
+    return sorted(path for path in root.rglob("*") if path.is_file())
+
+
+@pytest.fixture(scope="session")
+def rendered(tmp_path_factory):
+    """render(variant) -> its project folder, rendered once per worker for the cheap checks."""
+    root = tmp_path_factory.mktemp("variants")
+    done: dict[str, Path] = {}
+
+    def render(variant: Variant) -> Path:
+        if variant.name not in done:
+            create_project(variant.project(root), git=False)
+            done[variant.name] = root / variant.name
+        return done[variant.name]
+
+    return render
+
+
+def test_the_variants_cover_every_model_dataset_and_pair_of_boolean_options():
+    assert check_coverage() == []
+    assert 8 <= len(VARIANTS) <= 12, "keep the list small: it is not the full product"
+
+
+def test_the_table_of_files_matches_the_template_folder():
+    """A new template file must be placed in ALWAYS or FILES_BY_OPTION (here, readably)."""
+    everything = Variant("all", "lenet", ddp=True, vscode=True, hooks=True)
+    listed = [*ALWAYS, *(name for files in FILES_BY_OPTION.values() for name in files)]
+    assert len(listed) == len(set(listed)), "a file is listed twice"
+    assert set(listed) == expected_files(everything)
+
+
+def test_list_variants_prints_each_one(capsys):
+    main(["list", "variants"])
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == [variant.name for variant in VARIANTS]
+    assert all(
+        f"suite={variant.suite}" in line for variant, line in zip(VARIANTS, lines, strict=True)
+    )
+
+
+@pytest.mark.parametrize("variant", SELECTED, ids=ids)
+def test_exactly_the_expected_files(rendered, variant):
+    root = rendered(variant)
+    files = {path.relative_to(root).as_posix() for path in project_files(root)}
+    expected = expected_files(variant)
+    assert not files - expected, f"files for an option not chosen, or not in the table: {files}"
+    assert not expected - files, "missing files"
+
+
+@pytest.mark.parametrize("variant", SELECTED, ids=ids)
+def test_no_template_syntax_is_left(rendered, variant):
+    """No `{%`, `%}`, `{#` or Jinja `{{ expression`; `{{"` is allowed (an escaped str.format brace,
+    as in tests/test_ddp.py). No `.jinja` suffix and no braces in file names."""
+    root = rendered(variant)
+    leftovers = []
+    for path in project_files(root):
+        name = path.relative_to(root).as_posix()
+        if name.endswith(".jinja") or any(mark in name for mark in ("{", "}", "%")):
+            leftovers.append(f"{name}: template file name")
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if any(mark in line for mark in ("{%", "%}", "{#")) or has_jinja_expression(line):
+                leftovers.append(f"{name}:{number}: {line.strip()}")
+    assert not leftovers, "\n".join(leftovers)
+
+
+def has_jinja_expression(line: str) -> bool:
+    start = line.find("{{")
+    while start != -1:
+        following = line[start + 2 : start + 3]
+        if following == "" or following.isspace() or following.isalpha() or following in "_-":
+            return True
+        start = line.find("{{", start + 2)
+    return False
+
+
+@pytest.mark.parametrize("variant", SELECTED, ids=ids)
+def test_python_compiles_and_scripts_parse(rendered, variant):
+    root = rendered(variant)
+    for path in project_files(root):
+        if path.suffix == ".py":
+            compile(path.read_text(encoding="utf-8"), str(path), "exec")
+        elif path.suffix in (".sh", ".sbatch"):
+            result = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True)
+            assert result.returncode == 0, f"{path.name}: {result.stderr}"
+
+
+@pytest.mark.parametrize("variant", SELECTED, ids=ids)
+def test_black_and_ruff_are_clean(rendered, variant):
+    root = rendered(variant)
+    for tool in (["black", "--check", "--quiet"], ["ruff", "check", "--quiet", "--no-cache"]):
+        result = subprocess.run(
+            [sys.executable, "-m", *tool, "."], cwd=root, capture_output=True, text=True
+        )
+        assert result.returncode == 0, f"{tool[0]}:\n{result.stdout}{result.stderr}"
+
+
+@pytest.mark.parametrize("variant", SELECTED, ids=ids)
+def test_the_answers_file_records_the_choices(rendered, variant):
+    answers = yaml.safe_load((rendered(variant) / ".copier-answers.yml").read_text())
+    for key in ("model", "dataset", "image_size", "in_channels", "num_classes", *BOOLEAN_OPTIONS):
+        assert answers[key] == getattr(variant, key), key
+    assert answers["project_name"] == variant.name
+
+
+# ---- the generated projects' own tests --------------------------------------------------------
+
+
+def run_in_project(command: list[str], project: Path, timeout: float, env=None):
+    """Run `command` in `project` in its own process group (nothing outlives a timeout)."""
+    full_env = dict(os.environ)
+    for name in ("PYTEST_ADDOPTS", "PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT"):
+        full_env.pop(name, None)
+    full_env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + full_env.get("PATH", "")
+    # Each xdist worker gets its share of the cores: more threads than cores slows all of them.
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    full_env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+    full_env.update(env or {})
+    process = subprocess.Popen(
+        command,
+        cwd=project,
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+        pytest.fail(f"{' '.join(command)} took over {timeout}s:\n{output[-6000:]}")
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    return process.returncode, output
+
+
+def generated_pytest(project: Path, tmp_path: Path, *args: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-rfEs",
+        "-p",
+        "no:cacheprovider",
+        f"--basetemp={tmp_path / 'pytest'}",
+        "--durations=5",
+        *args,
+    ]
+
+
+def slow_variant(variant: Variant):
+    return pytest.param(
+        variant,
+        id=variant.name,
+        marks=[pytest.mark.slow, pytest.mark.xdist_group(variant.name)],
+    )
+
+
+@pytest.mark.parametrize("variant", [slow_variant(variant) for variant in SELECTED])
+def test_the_generated_test_suite_passes_on_cpu(tmp_path, variant):
+    create_project(variant.project(tmp_path), git=False)
+    project = tmp_path / variant.name
+    selection = [] if variant.suite == "full" else focused_tests(variant)
+    code, output = run_in_project(
+        generated_pytest(project, tmp_path, *selection), project, SUITE_TIMEOUT
+    )
+    if code == 4 and "not found" in output:
+        pytest.fail(
+            f"FOCUSED names a test that does not exist (rename it there):\n{output[-3000:]}"
+        )
+    assert code == 0, f"{variant.suite} suite of {variant.name} failed:\n{output[-8000:]}"
+    print(output[-1500:])  # shown with -rP: the slowest generated tests
+
+
+@pytest.mark.parametrize(
+    "variant", [slow_variant(variant) for variant in SELECTED if variant.dataset in HOW_TO_GET_DATA]
+)
+def test_without_data_train_py_says_how_to_get_it(tmp_path, variant):
+    create_project(variant.project(tmp_path), git=False)
+    project = tmp_path / variant.name
+    command = [sys.executable, "train.py", "--max-steps=1", "--device=cpu", "--workers=0"]
+    code, output = run_in_project([*command, f"--output-dir={tmp_path / 'run'}"], project, 300)
+    assert code == 1, output[-3000:]
+    last = output.strip().splitlines()[-1]
+    assert last.startswith("error: ") and HOW_TO_GET_DATA[variant.dataset] in last, output[-3000:]
+    assert "Traceback" not in output
+
+
+# ---- CUDA: `make test-cuda` --------------------------------------------------------------------
+
+REQUIRE_CUDA = os.environ.get("REQUIRE_CUDA") == "1"
+
+
+@pytest.fixture(scope="session")
+def cuda_devices() -> int:
+    """How many CUDA devices torch sees (asked in a child process: scaffold never imports torch)."""
+    probe = "import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    count = int(result.stdout.strip() or 0) if result.returncode == 0 else 0
+    if count == 0 and REQUIRE_CUDA:
+        pytest.exit(
+            "REQUIRE_CUDA=1 (make test-cuda) but torch sees no CUDA device: run it on a machine "
+            f"with an NVIDIA GPU and a CUDA build of torch. {result.stderr.strip()[-500:]}",
+            returncode=1,
+        )
+    return count
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("variant", SELECTED, ids=ids)
+def test_the_generated_cuda_tests_pass_on_the_gpu(tmp_path, variant, request):
+    if not REQUIRE_CUDA:
+        pytest.skip(
+            "run by `make test-cuda` (REQUIRE_CUDA=1); on a GPU machine the generated suites "
+            "above run the same tests"
+        )
+    request.getfixturevalue("cuda_devices")
+    create_project(variant.project(tmp_path), git=False)
+    project = tmp_path / variant.name
+    command = generated_pytest(project, tmp_path, "-m", "cuda")
+    code, output = run_in_project(command, project, SUITE_TIMEOUT, env={"REQUIRE_CUDA": "1"})
+    assert code == 0, f"CUDA tests of {variant.name} failed:\n{output[-8000:]}"
+    print(output[-1500:])
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("lenet_minimal")
+def test_required_cuda_tests_fail_rather_than_skip_without_a_gpu(tmp_path, cuda_devices):
+    """What `make test-cuda` needs: REQUIRE_CUDA=1 turns "no CUDA device" skips into failures."""
+    if cuda_devices:
+        pytest.skip("this machine has a CUDA device")
+    variant = VARIANTS[0]
+    create_project(variant.project(tmp_path), git=False)
+    project = tmp_path / variant.name
+    command = generated_pytest(project, tmp_path, "-m", "cuda")
+    code, output = run_in_project(command, project, 300, env={"REQUIRE_CUDA": "1"})
+    assert code == 1, output[-3000:]
+    assert "REQUIRE_CUDA=1 but no CUDA device is visible" in output
+    assert " passed" not in output and "skipped" not in output, output[-3000:]
+    code, output = run_in_project(command, project, 300, env={"REQUIRE_CUDA": ""})
+    assert code == 0 and "no CUDA device" in output and " skipped" in output, output[-3000:]

@@ -1,0 +1,95 @@
+""".github/workflows/ci.yml stays valid and in step with the Makefile and the declared variants."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+import yaml
+
+from scaffold.variants import groups
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKFLOW = ROOT / ".github" / "workflows" / "ci.yml"
+MAKEFILE = ROOT / "Makefile"
+
+
+@pytest.fixture(scope="module")
+def workflow() -> dict:
+    return yaml.safe_load(WORKFLOW.read_text())
+
+
+def make_targets() -> dict[str, str]:
+    """{target: its recipe} of the Makefile (rules only, not variable assignments)."""
+    targets, current = {}, None
+    for line in MAKEFILE.read_text().splitlines():
+        rule = re.match(r"^([A-Za-z0-9_.-]+(?:\s+[A-Za-z0-9_.-]+)*)\s*:(?![:=])", line)
+        if rule and not line.startswith("\t"):
+            names = rule.group(1).split()
+            current = names
+            for name in names:
+                targets.setdefault(name, "")
+        elif line.startswith("\t") and current:
+            for name in current:
+                targets[name] += line.strip() + "\n"
+        elif line.strip() and not line.startswith("#"):
+            current = None
+    return targets
+
+
+def make_calls(workflow: dict) -> list[tuple[str, str]]:
+    """(job, target) for every `make TARGET...` in a run step (`${{ expressions }}` blanked)."""
+    calls = []
+    for job_name, job in workflow["jobs"].items():
+        for step in job.get("steps", []):
+            for command in re.split(r"&&|;|\n", step.get("run", "")):
+                words = shlex.split(re.sub(r"\$\{\{.*?\}\}", "EXPR", command))
+                if words[:1] == ["make"]:
+                    targets = [word for word in words[1:] if "=" not in word and word[0] != "-"]
+                    calls += [(job_name, target) for target in targets or ["all"]]
+    return calls
+
+
+def test_the_workflow_is_valid_yaml_with_triggers_and_jobs(workflow):
+    triggers = workflow.get("on", workflow.get(True))  # YAML 1.1 reads a bare `on` as true
+    assert {"push", "pull_request"} <= set(triggers)
+    assert {"checks", "variants", "gpu"} <= set(workflow["jobs"])
+    for name, job in workflow["jobs"].items():
+        assert job.get("runs-on"), f"job {name} has no runs-on"
+        assert job.get("timeout-minutes"), f"job {name} has no timeout"
+        assert job.get("steps"), f"job {name} has no steps"
+        for step in job["steps"]:
+            assert ("uses" in step) != ("run" in step), f"job {name}: {step}"
+
+
+def test_every_make_call_names_a_target_of_the_makefile(workflow):
+    targets = make_targets()
+    calls = make_calls(workflow)
+    assert calls
+    missing = [f"{job}: make {target}" for job, target in calls if target not in targets]
+    assert not missing, f"targets missing from the Makefile: {missing}"
+
+
+def test_the_cpu_matrix_covers_every_variant_group(workflow):
+    variants = workflow["jobs"]["variants"]
+    assert variants["runs-on"] == "ubuntu-latest"
+    assert sorted(variants["strategy"]["matrix"]["group"]) == groups()
+    assert ("variants", "test-variants") in make_calls(workflow)
+    run = " ".join(step.get("run", "") for step in variants["steps"])
+    assert "VARIANT_GROUP=${{ matrix.group }}" in run
+    assert "SCAFFOLD_VARIANT_GROUP" in make_targets()["test-variants"]
+
+
+def test_the_gpu_job_runs_make_test_cuda_on_the_self_hosted_gpu_runner(workflow):
+    gpu = workflow["jobs"]["gpu"]
+    assert set(gpu["runs-on"]) == {"self-hosted", "gpu"}
+    assert ("gpu", "test-cuda") in make_calls(workflow)
+    recipe = make_targets()["test-cuda"]
+    assert "REQUIRE_CUDA=1" in recipe and "-m cuda" in recipe, recipe
+
+
+def test_make_targets_parser():
+    assert {"install", "test", "test-cuda", "lint", "examples"} <= set(make_targets())
+    assert "VENV" not in make_targets() and "BIN" not in make_targets()
