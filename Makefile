@@ -4,7 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_WORKERS ?= 2
 
-.PHONY: install demo test test-fast test-cuda lint examples bench bench-quick clean
+.PHONY: install demo test test-fast test-cuda test-wheel bundles wheel lint examples bench \
+	bench-quick clean
 
 install: $(VENV)/.installed
 
@@ -21,14 +22,36 @@ demo: install
 	test -f demo/runs/demo/last.pt
 	@echo "checkpoint: $(CURDIR)/demo/runs/demo/last.pt"
 
-test: install
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup
+# The template history (scaffold/bundles, see scaffold/release.py). A checkout would also build it
+# on first use; building it here keeps the test workers from doing it at the same time.
+bundles: install
+	$(BIN)/python -m scaffold.release
+
+test: install bundles
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS)
 
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow"
 
 test-cuda: install
 	REQUIRE_CUDA=1 $(BIN)/python -m pytest tests/test_cuda.py
+
+# Wheel and sdist; hatch_build.py puts the template history in both.
+wheel: install
+	rm -rf dist
+	$(BIN)/python -m pip wheel --quiet --disable-pip-version-check --no-deps -w dist .
+
+# The update tests against the wheel installed into a fresh venv. The generated projects' own
+# tests borrow torch and pytest from .venv (after the wheel's packages).
+WHEEL_VENV := build/wheel-venv
+test-wheel: wheel
+	rm -rf $(WHEEL_VENV) && $(PYTHON) -m venv $(WHEEL_VENV)
+	$(WHEEL_VENV)/bin/pip install --quiet --disable-pip-version-check dist/*.whl
+	$(BIN)/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])" > \
+		"$$($(WHEEL_VENV)/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/zz_test_deps.pth"
+	cd $(WHEEL_VENV) && SCAFFOLD_TEST_WHEEL=1 PATH="$(abspath $(WHEEL_VENV))/bin:$$PATH:$(abspath $(BIN))" \
+		bin/python -m pytest -p no:cacheprovider -n $(PYTEST_WORKERS) \
+		$(abspath tests/test_update.py)
 
 lint: install
 	$(BIN)/black --check scaffold tests benchmarks
@@ -44,4 +67,4 @@ bench-quick: install
 	$(BIN)/python benchmarks/run.py --quick
 
 clean:
-	rm -rf $(VENV) demo build dist .pytest_cache
+	rm -rf $(VENV) demo build dist .pytest_cache scaffold/bundles

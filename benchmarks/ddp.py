@@ -89,7 +89,7 @@ def max_relative_difference(first: list[dict], second: list[dict]) -> tuple[floa
 
 def measure(ctx: Context) -> list[Row]:
     # model -> (optimizer steps, warm-up steps, repetitions)
-    plan = {"lenet": (30, 10, 1)} if ctx.quick else {"lenet": (100, 20, 3), "resnet18": (12, 4, 2)}
+    plan = {"lenet": (30, 10, 1)} if ctx.quick else {"lenet": (100, 20, 3), "resnet18": (10, 3, 2)}
     kinds = ["ddp", "single"] if ctx.quick else list(KINDS)
     rows = []
     for model, (steps, warmup, reps) in plan.items():

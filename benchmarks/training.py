@@ -6,8 +6,11 @@ goes first, repeated. Every run is timed by the same global optimizer step post-
 (common.StepClock): a timestamp after each optimizer step, wall clock and this process's CPU time.
 The timed part is the steps after warm-up, cut into windows of 10 steps (train.py's default
 --log-every, so each window holds exactly one logged step with its .item(), metrics line and
-progress-bar update); a run's rate is 10 steps over the median window. The ratio of a pair is
-generated / bare; the figure is the median over pairs. Each window holds everything a training
+progress-bar update); a run's rate is 10 steps over the median window. A repetition runs the bare
+loop, the generated variants (default flags; --hooks activations,gradients) and the bare loop
+again; a variant's ratio is its rate over the geometric mean of the two bare runs around it, and
+the figure is the median over repetitions. The second bare run over the first is an A/A control:
+the ratio that noise alone produces. Each window holds everything a training
 step costs in either loop: data loading, forward, backward, the optimizer, and in train.py the
 progress bar, loss accumulation, LR scheduler, hooks and logging. It holds no set-up, validation
 or checkpoint: they come after the last step, and the checkpoint is timed on its own.
@@ -117,32 +120,55 @@ def measure(ctx: Context) -> list[Row]:
             )
             ctx.shared[("train", model, device)] = result
             clock = "cpu" if device == "cpu" else "wall"
+            basis = "CPU time" if clock == "cpu" else "wall time"
+
+            def speed(*kinds, result=result, clock=clock) -> str:
+                """Median steps/s of these runs, wall clock (and per CPU-second on CPU)."""
+                wall = median([value for kind in kinds for value in result["wall"][kind]])
+                text = rate(wall, "steps/s")
+                if clock == "cpu":
+                    cpu = median([value for kind in kinds for value in result["cpu"][kind]])
+                    text += f" ({rate(cpu, 'per CPU-s')})"
+                return text
+
             for variant, flags in (
                 ("default", "default flags, hooks off"),
                 ("hooks", "--hooks activations,gradients"),
             ):
                 ratios = result["ratios"][clock][variant]
-                wall_ratio = median(result["ratios"]["wall"][variant])
                 ratio = median(ratios)
-                basis = "CPU time" if clock == "cpu" else "wall time"
+                note = f"ratio on {basis}, median of {len(ratios)}: " + " ".join(
+                    f"{r:.3f}" for r in ratios
+                )
+                if clock == "cpu":
+                    note += f"; on wall time {median(result['ratios']['wall'][variant]):.3f}"
                 rows.append(
                     Row(
                         3,
                         f"steps/s {name}, {flags}",
-                        rate(median(result["wall"][variant]), "steps/s")
-                        + (f" ({rate(median(result['cpu'][variant]), 'per CPU-s')})"
-                           if clock == "cpu" else ""),
-                        rate(median(result["wall"]["bare"]), "steps/s")
-                        + (f" ({rate(median(result['cpu']['bare']), 'per CPU-s')})"
-                           if clock == "cpu" else ""),
+                        speed(variant),
+                        speed("bare", "again") + " bare",
                         ratio,
                         f">= {TARGETS[variant]}",
                         check(ratio, ">=", TARGETS[variant]),
-                        note=f"ratio on {basis}, median of {len(ratios)} pairs: "
-                        + " ".join(f"{r:.3f}" for r in ratios)
-                        + (f"; on wall time {wall_ratio:.3f}" if clock == "cpu" else ""),
+                        note=note,
                     )
-                )  # fmt: skip
+                )
+            control = result["ratios"][clock]["again"]
+            rows.append(
+                Row(
+                    3,
+                    f"noise control, {name}: bare loop again / bare loop",
+                    speed("again"),
+                    speed("bare"),
+                    median(control),
+                    "",
+                    "info",
+                    note=f"A/A ratios on {basis}: "
+                    + " ".join(f"{r:.3f}" for r in control)
+                    + "; their spread is what one pair of runs can tell apart on this machine",
+                )
+            )
             save = median(result["save_seconds"])
             epoch = EPOCH_SAMPLES / batch / median(result["wall"]["default"])
             rows.append(
@@ -244,21 +270,28 @@ def worker(config: dict) -> dict:
     save_seconds.clear()
     checkpoint_bytes.clear()
 
-    kinds = ["bare", *VARIANTS]
+    # Each repetition: bare, the generated variants (their order alternating), bare again. A
+    # variant's ratio is to the geometric mean of the two bare runs around it, which cancels a
+    # load that drifts steadily; bare again / bare is the A/A control: what noise alone gives.
+    kinds = ["bare", *VARIANTS, "again"]
     results = {clock: {kind: [] for kind in kinds} for clock in ("wall", "cpu")}
-    results["ratios"] = {clock: {kind: [] for kind in VARIANTS} for clock in ("wall", "cpu")}
+    results["ratios"] = {
+        clock: {kind: [] for kind in [*VARIANTS, "again"]} for clock in ("wall", "cpu")
+    }
     for rep in range(config["reps"]):
-        order = kinds if rep % 2 == 0 else list(reversed(kinds))
+        variants = list(VARIANTS) if rep % 2 == 0 else list(reversed(VARIANTS))
         measured = {}
-        for kind in order:
-            measured[kind] = bare() if kind == "bare" else generated(VARIANTS[kind])
+        for kind in ["bare", *variants, "again"]:
+            measured[kind] = bare() if kind in ("bare", "again") else generated(VARIANTS[kind])
         for index, clock in enumerate(("wall", "cpu")):
             for kind in kinds:
                 results[clock][kind].append(measured[kind][index])
+            baseline = (measured["bare"][index] * measured["again"][index]) ** 0.5
             for kind in VARIANTS:
-                results["ratios"][clock][kind].append(
-                    measured[kind][index] / measured["bare"][index]
-                )
+                results["ratios"][clock][kind].append(measured[kind][index] / baseline)
+            results["ratios"][clock]["again"].append(
+                measured["again"][index] / measured["bare"][index]
+            )
     results["save_seconds"] = save_seconds
     results["checkpoint_mib"] = median(checkpoint_bytes) / 2**20
     if config["attribute"]:

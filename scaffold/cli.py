@@ -197,7 +197,7 @@ def check_update(
         )
     if any(status.state == "update available" for status in statuses):
         typer.echo("Run `scaffold update` to update.")
-        raise SystemExit(1)  # not typer.Exit: with standalone_mode=False its code is dropped
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -231,7 +231,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
 
     try:
-        app(args=argv, prog_name="scaffold", standalone_mode=False)
+        code = app(args=argv, prog_name="scaffold", standalone_mode=False)
+        if isinstance(code, int) and code:  # typer.Exit(code) is returned, not raised, here
+            sys.exit(code)
     except ScaffoldError as error:
         typer.echo(f"error: {error}", err=True)
         sys.exit(error.exit_code)

@@ -174,6 +174,8 @@ def build_bundles(repo: Path, out: Path = BUNDLE_DIR, *, release: bool = False, 
     tags = released_tags(repo, version)
     if release and tag not in {t for _, t in tags}:
         raise ReleaseError(f"{tag} is not tagged: commit the release, `git tag {tag}`, build again")
+    if release:
+        check_version_defaults(repo, names, version)
     head = _git(["rev-parse", "--verify", "-q", "HEAD^{commit}"], cwd=repo, check=False)
     objects = Path(_git(["rev-parse", "--git-common-dir"], cwd=repo))
     objects = (objects if objects.is_absolute() else repo / objects) / "objects"
@@ -257,6 +259,23 @@ def build_bundles(repo: Path, out: Path = BUNDLE_DIR, *, release: bool = False, 
     partial.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     os.replace(partial, out / MANIFEST)
     return manifest
+
+
+def check_version_defaults(repo: Path, names: list[str], version: str) -> None:
+    """The hidden `template_version` answer must default to the release: plain `copier update`
+    renders hidden answers from their defaults (scaffold passes the version explicitly)."""
+    for name in names:
+        text = (repo / "templates" / name / "copier.yml").read_text(encoding="utf-8")
+        block = re.search(r"^template_version:\n((?:[ \t]+.*\n?)*)", text, re.MULTILINE)
+        if not block:
+            continue
+        default = re.search(r"^\s+default:\s*[\"']?([^\"'\s]+)", block.group(1), re.MULTILINE)
+        if not default or default.group(1) != version:
+            found = default.group(1) if default else "nothing"
+            raise ReleaseError(
+                f"templates/{name}/copier.yml: template_version defaults to {found}, "
+                f"not {version}: set it to the release"
+            )
 
 
 def _commit_date(repo: Path, rev: str) -> str:

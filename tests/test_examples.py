@@ -11,7 +11,7 @@ import os
 import pytest
 
 from scaffold.cli import main
-from scaffold.examples import compare, default_dir, normalise_answers, tree
+from scaffold.examples import compare, default_dir, normalise_answers, render_examples, tree
 from scaffold.variants import BY_NAME, EXAMPLES
 
 
@@ -67,6 +67,19 @@ def test_examples_written_elsewhere_check_clean_and_report_an_edit_as_a_diff(tmp
 
     assert run_cli("examples", "--into", str(target)) == 0  # regenerating repairs everything
     assert run_cli("examples", "--check", "--into", str(target)) == 0
+
+
+def test_the_readme_command_line_renders_the_same_files(tmp_path):
+    """`scaffold new NAME <Variant.flags()> --no-git`, the line generated_examples/README.md shows,
+    writes what `scaffold examples` writes: the examples are what users get."""
+    name = EXAMPLES[0]
+    render_examples(tmp_path / "examples", (name,))
+    assert run_cli("new", str(tmp_path / "cli" / name), *BY_NAME[name].flags(), "--no-git") == 0
+    answers = tmp_path / "cli" / name / ".copier-answers.yml"
+    answers.write_text(normalise_answers(answers.read_text()))
+    assert compare(tmp_path / "examples" / name, tmp_path / "cli" / name) == []
+    readme = (tmp_path / "examples" / "README.md").read_text()
+    assert f"scaffold new {name} {' '.join(BY_NAME[name].flags())} --no-git" in readme
 
 
 def test_the_executable_bit_is_compared(tmp_path):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -92,6 +93,16 @@ def replace_once(path: Path, old: str, new: str) -> None:
     path.write_text(text.replace(old, new))
 
 
+def release_version(repo: Path, version: str) -> None:
+    """The release step's edits: __version__, and the templates' template_version default."""
+    (repo / "scaffold" / "__init__.py").write_text(f'__version__ = "{version}"\n')
+    for config in (repo / "templates").glob("*/copier.yml"):
+        text = config.read_text()
+        block = re.search(r"^template_version:\n(?:[ \t]+.*\n)*", text, re.MULTILINE)
+        new_block = re.sub(r"default: .*", f'default: "{version}"', block.group(0))
+        config.write_text(text.replace(block.group(0), new_block))
+
+
 def build_bundles(repo: Path, out: Path) -> None:
     subprocess.run(
         [
@@ -125,7 +136,7 @@ def history(tmp_path_factory) -> History:
     (extra / "template" / "{{ _copier_conf.answers_file }}.jinja").write_text(EXTRA_ANSWERS)
     (extra / "template" / "extras" / "{{ name }}.py.jinja").write_text("VALUE = 1\n")
     (repo / "scaffold").mkdir()
-    (repo / "scaffold" / "__init__.py").write_text('__version__ = "1.0.0"\n')
+    release_version(repo, "1.0.0")
     git("init", "--quiet", cwd=repo)
     git("add", "--all", cwd=repo)
     git("commit", "--quiet", "-m", "Release 1.0.0", cwd=repo)
@@ -139,7 +150,7 @@ def history(tmp_path_factory) -> History:
         NEW_TEST
     )
     (extra / "template" / "extras" / "{{ name }}.py.jinja").write_text("VALUE = 2\n")
-    (repo / "scaffold" / "__init__.py").write_text('__version__ = "1.1.0"\n')
+    release_version(repo, "1.1.0")
     git("add", "--all", cwd=repo)
     git("commit", "--quiet", "-m", "Release 1.1.0", cwd=repo)
     git("tag", "v1.1.0", cwd=repo)
@@ -239,43 +250,55 @@ def test_release_mode_refuses_an_untagged_version(history, tmp_path):
 # ---- scaffold new records the version -------------------------------------------------------
 
 
-def test_new_records_version_and_renders_like_the_bundle(history, home, tmp_path):
-    project = new_project(tmp_path / "a", home, history.v1)
+def test_new_records_the_version_and_a_stable_source(history, home, tmp_path):
+    project = new_project(tmp_path, home, history.v1)
     recorded = answers(project)
     assert recorded["_commit"] == "v1.0.0"
     assert recorded["_src_path"] == "~/.cache/scaffold/project.bundle"
     assert recorded["template_version"] == "1.0.0"
+    assert 'TEMPLATE_VERSION = "1.0.0"' in (project / "train.py").read_text()
     cached = home / ".cache" / "scaffold" / "project.bundle"
     assert cached.read_bytes() == (history.v1 / "project.bundle").read_bytes()
-    # The fast path (folder + stamped answers) gives what copier gives from the bundle itself.
+
+
+def files(root: Path) -> list[str]:
+    return sorted(
+        str(path.relative_to(root))
+        for path in root.rglob("*")
+        if path.is_file() and ".git" not in path.relative_to(root).parts
+    )
+
+
+def test_fast_path_renders_exactly_like_the_bundle(tmp_path, monkeypatch):
+    """`scaffold new` renders this installation's template folder and stamps the answers file;
+    that must give what copier gives from the bundle at the installed tag, byte for byte."""
     from copier import run_copy
 
-    data = {k: v for k, v in recorded.items() if not k.startswith("_")}
-    reference = tmp_path / "b" / "proj"
-    env = {"HOME": str(home)}
-    with pytest.MonkeyPatch.context() as patch:
-        for key, value in env.items():
-            patch.setenv(key, value)
-        run_copy(
-            "~/.cache/scaffold/project.bundle",
-            reference,
-            data=data,
-            vcs_ref="v1.0.0",
-            defaults=True,
-            overwrite=True,
-            quiet=True,
-        )
+    from scaffold import render
+    from scaffold.options import NewProject
 
-    def files(root: Path) -> list[str]:
-        return sorted(
-            str(path.relative_to(root))
-            for path in root.rglob("*")
-            if path.is_file() and ".git" not in path.relative_to(root).parts
-        )
-
-    assert files(project) == files(reference)
+    monkeypatch.delenv("SCAFFOLD_BUNDLE_DIR", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    source = render.template_source("project")
+    assert source.folder_is_release
+    data = NewProject(dest=Path("proj"), model="lenet", ddp=True).to_data()
+    render.copier_copy(data, tmp_path / "fast" / "proj")
+    render.refresh_caches()
+    reference = tmp_path / "bundle" / "proj"
+    run_copy(
+        "~/.cache/scaffold/project.bundle",
+        reference,
+        data=data,
+        vcs_ref=source.tag,
+        defaults=True,
+        overwrite=True,
+        quiet=True,
+    )
+    fast = tmp_path / "fast" / "proj"
+    assert files(fast) == files(reference)
     for name in files(reference):
-        assert (project / name).read_bytes() == (reference / name).read_bytes(), name
+        assert (fast / name).read_bytes() == (reference / name).read_bytes(), name
+    assert answers(fast)["_commit"] == source.tag
 
 
 # ---- update ---------------------------------------------------------------------------------
@@ -296,8 +319,8 @@ def updated(history, home, tmp_path_factory):
 
 
 @SHARED_UPDATE
-def test_update_applies_the_template_and_keeps_user_edits(updated):
-    project, result, _, head = updated
+def test_update_applies_the_template_and_keeps_user_edits(updated, history, home):
+    project, result, check_before, head = updated
     assert result.returncode == 0, result.stderr
     train = (project / "train.py").read_text()
     assert LR_V2 in train and HELP_V2 in train  # the template's changes
@@ -323,14 +346,10 @@ def test_update_applies_the_template_and_keeps_user_edits(updated):
     assert not any("my_notes.md" in line for line in lines)
     assert git("rev-parse", "HEAD", cwd=project) == head
     assert git("diff", "--cached", "--name-only", cwd=project) == ""
-
-
-@SHARED_UPDATE
-def test_check_update(updated, history, home):
-    project, _, before, _ = updated
-    assert before.returncode == 1, before.stdout + before.stderr
-    assert "project: template 1.0.0, installed 1.1.0 (update available)" in before.stdout
-    assert "extra-thing: template 1.0.0, installed 1.1.0" in before.stdout
+    # check-update, before and after (one test: xdist's loadgroup does not group under pytest 9)
+    assert check_before.returncode == 1, check_before.stdout + check_before.stderr
+    assert "project: template 1.0.0, installed 1.1.0 (update available)" in check_before.stdout
+    assert "extra-thing: template 1.0.0, installed 1.1.0" in check_before.stdout
     after = scaffold_cli("check-update", cwd=project, env=environment(home, history.v2))
     assert after.returncode == 0, after.stdout + after.stderr
     assert "project: template 1.1.0, installed 1.1.0 (up to date)" in after.stdout
@@ -464,6 +483,7 @@ def test_plain_copier_update_works(history, home, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert answers(project)["_commit"] == "v1.1.0"
+    assert answers(project)["template_version"] == "1.1.0"  # from the released default
     assert LR_V2 in (project / "train.py").read_text()
 
 
