@@ -43,7 +43,10 @@ def root(
 
 @app.command()
 def new(
-    dest: Path = typer.Argument(..., help="Where to create the project; its last part is the name."),
+    ctx: typer.Context,
+    dest: Path = typer.Argument(
+        ..., help="Where to create the project; its last part is the name."
+    ),
     model: str = typer.Option(DEFAULT_MODEL, help="Default model for train.py."),
     num_classes: int = typer.Option(10, help="Number of classes."),
     in_channels: int = typer.Option(3, help="Image channels."),
@@ -61,8 +64,16 @@ def new(
     from scaffold.options import NewProject
     from scaffold.render import create_project
 
+    # Interactively, copier asks every question the command line did not answer.
+    answered = {
+        name
+        for name in ("model", "num_classes", "in_channels", "image_size", "dataset", "ddp")
+        + ("vscode", "hooks")
+        if not interactive or ctx.get_parameter_source(name).name == "COMMANDLINE"
+    }
     project = NewProject(
         dest=dest,
+        answered=frozenset(answered),
         model=model,
         num_classes=num_classes,
         in_channels=in_channels,
@@ -72,9 +83,7 @@ def new(
         vscode=vscode,
         hooks=hooks,
     )
-    files = create_project(
-        project, force=force, git=git, dry_run=dry_run, interactive=interactive
-    )
+    files = create_project(project, force=force, git=git, dry_run=dry_run, interactive=interactive)
     verb = "would create" if dry_run else "create"
     for name in files:
         typer.echo(f"{verb:>12}  {name}")
@@ -86,8 +95,10 @@ def new(
 def list_models() -> None:
     """The models `--model` accepts."""
     for spec in MODELS.values():
-        typer.echo(f"{spec.name:<20} {spec.source:<12} min image {spec.min_image_size:<4} "
-                   f"{spec.description}")
+        typer.echo(
+            f"{spec.name:<20} {spec.source:<12} min image {spec.min_image_size:<4} "
+            f"{spec.description}"
+        )
 
 
 @list_app.command("datasets")

@@ -42,6 +42,10 @@ class NewProject:
     ddp: bool = False
     vscode: bool = True
     hooks: bool = True
+    # The answers to pass to copier; the others it asks (`scaffold new --interactive`).
+    answered: frozenset[str] = frozenset(
+        ["model", "num_classes", "in_channels", "image_size", "dataset", "ddp", "vscode", "hooks"]
+    )
 
     @property
     def name(self) -> str:
@@ -68,7 +72,7 @@ class NewProject:
 
     def to_data(self) -> dict[str, object]:
         """The copier answers for templates/project/copier.yml."""
-        return {
+        answers = {
             "project_name": self.name,
             "model": self.model,
             "num_classes": self.num_classes,
@@ -79,4 +83,9 @@ class NewProject:
             "vscode": self.vscode,
             "hooks": self.hooks,
             "template_version": __version__,
+        }
+        return {
+            key: value
+            for key, value in answers.items()
+            if key in self.answered or key in ("project_name", "template_version")
         }

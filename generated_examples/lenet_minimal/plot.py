@@ -2,13 +2,16 @@
 
     python plot.py runs/train                        # writes runs/train/curves.png
     python plot.py runs/a runs/b                     # both runs in one figure: ./curves.png
-    python plot.py --activations runs/train          # per-layer activation mean and std over
-                                                     # the steps of a --hooks activations run
+    python plot.py --activations runs/train          # a --hooks activations run: each layer's
+                                                     # output mean and std over the steps
     python plot.py runs/train --output /tmp/c.png
 
 Epoch metrics (validation loss and accuracy, the epoch's mean training loss) are drawn at the step
-where their epoch ended. Needs matplotlib (`pip install -e '.[plot]'`); draws with the Agg backend
-into a file and never opens a window, so it works on a headless machine and during training.
+where their epoch ended. --activations draws at most --max-layers layers (12): the third whose std
+drifted most (a dying or exploding layer) and the rest evenly spaced; --layers picks by name.
+
+Needs matplotlib (`pip install -e '.[plot]'`). Draws with the Agg backend into a file and never
+opens a window, so it works on a headless machine, and on a run still training.
 """
 
 import argparse

@@ -128,7 +128,7 @@ def summarize(model: nn.Module, input_shape, device=None) -> Summary:
         model.eval()
         with torch.no_grad():
             model(batch)
-    except RuntimeError as error:
+    except (RuntimeError, AssertionError, ValueError) as error:  # shape errors of the layers
         message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
         raise ValueError(
             f"a forward pass of a {list(input_shape)} batch failed: {message}"

@@ -23,6 +23,7 @@ import checkpoint
 import distributed
 from dataset import DATASETS, DatasetError, ShardedSampler, build_datasets, build_loader
 from model import HEADS, MODEL_NAMES, build_model, download_weights, freeze, set_train_mode
+from summary import count_parameters, format_short, format_summary, summarize
 
 TEMPLATE_VERSION = "0.1.0"
 
@@ -57,6 +58,9 @@ def parse_args(argv=None):
     model.add_argument("--freeze", default="none", help="none, backbone, or parameter-name globs")
     model.add_argument(
         "--backbone-lr-mult", type=float, help="backbone lr = lr * X (head keeps --lr; 0 freezes)"
+    )
+    model.add_argument(
+        "--summary", action="store_true", help="print every layer's shape and parameters, then exit"
     )
 
     optim = parser.add_argument_group("optimization")
@@ -237,12 +241,22 @@ def train(args) -> dict:
             args.model, args.num_classes, args.in_channels, args.image_size, args.weights
         )
         frozen = freeze(model, args.freeze, HEADS.get(args.model, ""))
-    except (ValueError, FileNotFoundError) as error:
-        raise ConfigError(str(error)) from None
+    except (ValueError, AssertionError, FileNotFoundError) as error:
+        # torchvision checks some sizes with assert (vit_b_16: image size divisible by 16)
+        raise ConfigError(str(error) or f"{args.model} cannot take these options") from None
     if args.init_from:
         print(checkpoint.init_from(model, args.init_from))
     if frozen:
         print(f"froze {len(frozen)} parameter tensors ({args.freeze})")
+    totals = count_parameters(model)
+    if args.summary:
+        try:
+            summary = summarize(model, (1, args.in_channels, args.image_size, args.image_size))
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+        print(format_summary(summary, args.model))
+        return {"params": totals.params, "trainable": totals.trainable, "frozen": totals.frozen}
+    print(format_short(args.model, totals))
     if args.sync_bn and world_size > 1 and device.type != "cuda":
         raise ConfigError("--sync-bn needs CUDA devices (SyncBatchNorm has no CPU version)")
     if args.sync_bn:
@@ -316,6 +330,11 @@ def train(args) -> dict:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+            # A run resumed with more --epochs or --max-steps follows its own, longer schedule.
+            factors = zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas)
+            for group, base_lr, factor in factors:
+                group["lr"] = base_lr * factor(scheduler.last_epoch)
         if "scaler" in state:
             scaler.load_state_dict(state["scaler"])
         epoch, step, step_in_epoch = state["epoch"], state["step"], state["step_in_epoch"]

@@ -118,6 +118,15 @@ def test_no_metrics_is_one_clear_line(tmp_path, content):
     assert ("not found" if content is None else "is empty") in message
 
 
+def test_a_line_being_written_is_skipped_and_a_broken_one_named(tmp_path):
+    line = json.dumps({"kind": "step", "epoch": 0, "step": 1, "loss": 2.3, "lr": 0.1})
+    (tmp_path / "metrics.jsonl").write_text(line + "\n" + line[:20])  # train.py mid-write
+    assert len(plot.read_metrics(str(tmp_path))) == 1
+    (tmp_path / "metrics.jsonl").write_text(line[:20] + "\n" + line + "\n")
+    with pytest.raises(SystemExit, match=r"metrics.jsonl line 1 is not JSON"):
+        plot.read_metrics(str(tmp_path))
+
+
 def test_activations_of_a_run_without_them_is_one_clear_line(tmp_path):
     with pytest.raises(SystemExit, match="no activation statistics: train with --hooks"):
         plot.main(["--activations", write_metrics(tmp_path)])
