@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -237,7 +236,7 @@ def examples(
         typer.echo(f"{'write':>12}  {name}")
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     """Console entry point: every failure ends as one line on stderr and a documented exit code."""
     from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
 

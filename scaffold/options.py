@@ -1,4 +1,4 @@
-"""The user's choices for each command, their validation, and the one place they become template data."""
+"""The user's choices for each command, their validation, and where they become template data."""
 
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ def check_project_name(name: str) -> None:
         raise UsageError(f"the project name is longer than {MAX_NAME_LENGTH} characters")
     if not PROJECT_NAME.match(name):
         raise UsageError(
-            f"invalid project name {name!r}: use letters, digits, '-' and '_', starting with a letter"
+            f"invalid project name {name!r}: "
+            "use letters, digits, '-' and '_', starting with a letter"
         )
     if keyword.iskeyword(name) or keyword.issoftkeyword(name):
         raise UsageError(f"invalid project name {name!r}: it is a Python keyword")

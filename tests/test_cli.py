@@ -4,7 +4,6 @@ one-line errors, and nothing written when anything goes wrong."""
 from __future__ import annotations
 
 import hashlib
-import os
 import subprocess
 import sys
 from pathlib import Path
