@@ -3,8 +3,9 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_WORKERS ?= 2
+VARIANT_GROUP ?=
 
-.PHONY: install demo test test-fast test-cuda test-wheel bundles wheel lint examples bench \
+.PHONY: install demo test test-fast test-variants test-cuda test-wheel bundles wheel lint examples bench \
 	bench-quick clean
 
 install: $(VENV)/.installed
@@ -33,8 +34,17 @@ test: install bundles
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow"
 
-test-cuda: install
-	REQUIRE_CUDA=1 $(BIN)/python -m pytest tests/test_cuda.py
+# The generated projects' own test suites (tests/test_variants.py -m slow). VARIANT_GROUP=N keeps
+# the variants of group N (`scaffold list variants`), one CI matrix job per group; empty: all.
+test-variants: install bundles
+	SCAFFOLD_VARIANT_GROUP=$(VARIANT_GROUP) $(BIN)/python -m pytest -n $(PYTEST_WORKERS) \
+		-m slow tests/test_variants.py
+
+# Renders every declared variant and runs its generated CUDA tests (AMP + GradScaler,
+# channels-last, resume; NCCL DDP with 2+ GPUs) with REQUIRE_CUDA=1: on a machine without a
+# usable GPU this fails with "REQUIRE_CUDA=1 ... torch sees no CUDA device", it never skips.
+test-cuda: install bundles
+	REQUIRE_CUDA=1 $(BIN)/python -m pytest -m cuda -rs tests/test_variants.py
 
 # Wheel and sdist; hatch_build.py puts the template history in both.
 wheel: install

@@ -236,6 +236,124 @@ class StepClock:
         self.handle.remove()
 
 
+class RoundRobin:
+    """Several training loops in threads of one process, taking turns one optimizer step at a
+    time, each step timed on its own thread. Every round (one step of each loop) goes in a new
+    random order, so that no loop always follows the same other one (which would give it the
+    same caches and the same core every time: a bias of several percent for small models).
+
+    The turn passes in the global optimizer step post-hook, so the loops run unchanged: the
+    generated train.main() and the bare loop alike. While one loop runs its step the others wait
+    on a condition (holding neither the GIL nor a core), so every step runs alone, and the steps
+    of all loops see the same load from the rest of the machine, step by step. Step k of a loop
+    is timed from the moment it got its turn back after step k-1 to the end of its optimizer
+    step k: everything the loop does per step, data loading and logging included. Wall time and
+    the thread's CPU time are recorded. All loops start taking turns once every one of them has
+    finished its set-up and first step, and none goes on past its last step (to validation,
+    checkpoints) until all have finished theirs.
+    """
+
+    def __init__(self, names: list[str], steps: int, timeout: float = 600, seed: int = 0):
+        import random
+        import threading
+
+        from torch.optim.optimizer import register_optimizer_step_post_hook
+
+        self.threading = threading
+        self.order = list(names)
+        self.steps = steps
+        self.timeout = timeout
+        self.random = random.Random(seed)
+        self.round: list[str] = []  # who takes the next turns of the current round, in order
+        self.cond = threading.Condition()
+        self.turn = self.order[0]
+        self.done = dict.fromkeys(names, 0)
+        self.finished: set[str] = set()
+        self.durations: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
+        self.resumed: dict[str, tuple[float, float]] = {}
+        self.thread_names: dict[int, str] = {}
+        self.start = threading.Barrier(len(names), timeout=timeout)
+        self.end = threading.Barrier(len(names), timeout=timeout)
+        self.errors: dict[str, BaseException] = {}
+        self.handle = register_optimizer_step_post_hook(self._hook)
+
+    def run(self, loops: dict) -> None:
+        """Run {name: function} in threads, taking turns; re-raise the first error."""
+        threads = [
+            self.threading.Thread(target=self._target, args=(name, loops[name]), name=name)
+            for name in self.order
+        ]
+        try:
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        finally:
+            self.handle.remove()
+        if self.errors:
+            name, error = next(iter(self.errors.items()))
+            raise RuntimeError(f"loop {name} failed: {error!r}") from error
+
+    def _target(self, name: str, function) -> None:
+        self.thread_names[self.threading.get_ident()] = name
+        try:
+            function()
+        except BaseException as error:  # noqa: B036 - reported by run()
+            self.errors[name] = error
+            self.start.abort()
+            self.end.abort()
+        finally:
+            with self.cond:
+                self.finished.add(name)
+                self._pass_turn(name)
+                self.cond.notify_all()
+
+    def _pass_turn(self, name: str) -> None:
+        self.round = [other for other in self.round if other not in self.finished]
+        if not self.round:
+            self.round = [other for other in self.order if other not in self.finished]
+            self.random.shuffle(self.round)
+        if self.round:
+            self.turn = self.round.pop(0)
+
+    def _hook(self, optimizer, args, kwargs) -> None:
+        wall, cpu = time.perf_counter(), time.thread_time()
+        name = self.thread_names.get(self.threading.get_ident())
+        if name is None:
+            return
+        if name in self.resumed:
+            started_wall, started_cpu = self.resumed[name]
+            self.durations[name].append((wall - started_wall, cpu - started_cpu))
+        self.done[name] += 1
+        if self.done[name] == 1:
+            self.start.wait()  # every loop has been set up and has taken its first step
+        elif self.done[name] >= self.steps:
+            with self.cond:
+                self.finished.add(name)
+                self._pass_turn(name)
+                self.cond.notify_all()
+            self.end.wait()
+            return
+        else:
+            with self.cond:
+                self._pass_turn(name)
+                self.cond.notify_all()
+        with self.cond:
+            if not self.cond.wait_for(
+                lambda: self.turn == name or self.errors, timeout=self.timeout
+            ):
+                raise RuntimeError(f"loop {name} waited {self.timeout} s for its turn")
+        self.resumed[name] = (time.perf_counter(), time.thread_time())
+
+    def window_rates(self, name: str, warmup: int, window: int, cpu: bool) -> list[float]:
+        """Steps per second of each `window`-step window after the first `warmup` timed steps."""
+        durations = [pair[1 if cpu else 0] for pair in self.durations[name][warmup:]]
+        return [
+            window / sum(durations[i : i + window])
+            for i in range(0, len(durations) - window + 1, window)
+        ]
+
+
 def in_memory_sets(torch, size: int, val_size: int, classes: int = 10, image_size: int = 32):
     """Random images and labels as tensors (the same for a given size on every process)."""
     generator = torch.Generator().manual_seed(1234)

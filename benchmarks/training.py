@@ -40,6 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (  # noqa: E402
     NO_GPU,
     Context,
+    RoundRobin,
     Row,
     StepClock,
     check,
@@ -54,21 +55,31 @@ from common import (  # noqa: E402
 EPOCH_SAMPLES = 50_000  # a CIFAR-10-sized epoch, to put the checkpoint cost in proportion
 WINDOW = 10  # steps per timed window: train.py's default --log-every
 
-# (model, device) -> batch size, optimizer steps per run, warm-up steps, pairs of runs
+# (model, device) -> batch size, optimizer steps per run, warm-up steps, repetitions. On CPU a
+# repetition is one session of the four loops taking turns; its timed steps (the steps after the
+# first, less the warm-up) make whole 10-step windows.
 FULL = {
-    ("lenet", "cpu"): (32, 170, 20, 9),
-    ("resnet18", "cpu"): (32, 24, 4, 3),
+    ("lenet", "cpu"): (32, 221, 20, 4),
+    ("resnet18", "cpu"): (32, 36, 5, 2),
     ("lenet", "cuda"): (32, 520, 20, 9),
     ("resnet18", "cuda"): (32, 220, 20, 7),
 }
 QUICK = {
-    ("lenet", "cpu"): (32, 30, 10, 1),
-    ("resnet18", "cpu"): (32, 6, 2, 1),
+    ("lenet", "cpu"): (32, 31, 10, 1),
+    ("resnet18", "cpu"): (32, 12, 1, 1),
     ("lenet", "cuda"): (32, 120, 20, 1),
     ("resnet18", "cuda"): (32, 60, 20, 1),
 }
 VARIANTS = {"default": [], "hooks": ["--hooks", "activations,gradients"]}
 TARGETS = {"default": 0.98, "hooks": 0.90}
+
+
+def spread(values: list[float]) -> str:
+    """The quartiles of `values`, '0.970-1.010' (the values themselves when there are few)."""
+    if len(values) < 4:
+        return " ".join(f"{value:.3f}" for value in values)
+    low, _, high = statistics.quantiles(values, n=4)
+    return f"{low:.3f}-{high:.3f}"
 
 
 def gpu_flags(device: str) -> list[str]:
@@ -90,7 +101,7 @@ def measure(ctx: Context) -> list[Row]:
                             f">= {TARGETS[variant]}", f"not measured: {reason}")
                     )  # fmt: skip
                 continue
-            ctx.log(f"training loop: {model} on {device} ({reps} x 3 runs of {steps} steps)")
+            ctx.log(f"training loop: {model} on {device} ({reps} x 4 loops of {steps} steps)")
             flags = " ".join(gpu_flags(device))
             ctx.record(
                 3,
@@ -115,6 +126,8 @@ def measure(ctx: Context) -> list[Row]:
                     "reps": reps,
                     "threads": ctx.threads,
                     "attribute": not ctx.quick,
+                    "interleave": device == "cpu",
+                    "save_runs": 1 if ctx.quick else 3,
                 },
                 ctx,
             )
@@ -137,8 +150,9 @@ def measure(ctx: Context) -> list[Row]:
             ):
                 ratios = result["ratios"][clock][variant]
                 ratio = median(ratios)
-                note = f"ratio on {basis}, median of {len(ratios)}: " + " ".join(
-                    f"{r:.3f}" for r in ratios
+                note = (
+                    f"ratio on {basis}, median of {len(ratios)} ({result['method']}); "
+                    f"quartiles {spread(ratios)}"
                 )
                 if clock == "cpu":
                     note += f"; on wall time {median(result['ratios']['wall'][variant]):.3f}"
@@ -164,9 +178,8 @@ def measure(ctx: Context) -> list[Row]:
                     median(control),
                     "",
                     "info",
-                    note=f"A/A ratios on {basis}: "
-                    + " ".join(f"{r:.3f}" for r in control)
-                    + "; their spread is what one pair of runs can tell apart on this machine",
+                    note=f"A/A ratio on {basis}, median of {len(control)}; quartiles "
+                    f"{spread(control)}: the spread that noise alone gives on this machine",
                 )
             )
             save = median(result["save_seconds"])
@@ -225,64 +238,61 @@ def worker(config: dict) -> dict:
     save_seconds, checkpoint_bytes = [], []
     original_save = checkpoint.save_checkpoint
 
+    scratch = tempfile.mkdtemp(prefix="bench-train-")
+
+    timing_saves = [False]
+
     def timed_save(state, path):
         start = time.perf_counter()
         original_save(state, path)
-        save_seconds.append(time.perf_counter() - start)
-        checkpoint_bytes.append(os.path.getsize(path))
+        if timing_saves[0]:
+            save_seconds.append(time.perf_counter() - start)
+            checkpoint_bytes.append(os.path.getsize(path))
 
     checkpoint.save_checkpoint = timed_save
-    scratch = tempfile.mkdtemp(prefix="bench-train-")
 
-    def rates(clock) -> tuple[float, float]:
-        return clock.window_rate(WINDOW), clock.window_rate(WINDOW, cpu=True)
-
-    def generated(flags: list[str], n_steps: int = steps, n_warmup: int = warmup):
+    def run_generated(flags: list[str], n_steps: int) -> None:
         out = tempfile.mkdtemp(dir=scratch)
-        argv = [
+        train.main([
             "--model", model_name, "--dataset", "fake", "--fake-size", str(batch * steps),
             "--batch-size", str(batch), "--workers", "0", "--epochs", "1",
             "--max-steps", str(n_steps), "--device", device, "--output-dir", out,
             *gpu_flags(device), *flags,
-        ]  # fmt: skip
-        clock = StepClock(n_warmup, n_steps, cuda)
-        try:
-            train.main(argv)
-        finally:
-            clock.close()
-        return rates(clock)
+        ])  # fmt: skip
 
-    def bare(n_steps: int = steps, n_warmup: int = warmup):
+    def run_bare(n_steps: int) -> None:
         torch.manual_seed(0)
         model = build_model(model_name, 10, 3, 32)
         loader = plain_loader(train_set, batch, 0, cuda)
+        bare_train(model, loader, n_steps, device, cuda, cuda)
+
+    def clocked(function, *args, n_steps: int = steps, n_warmup: int = warmup):
         clock = StepClock(n_warmup, n_steps, cuda)
         try:
-            bare_train(model, loader, n_steps, device, cuda, cuda)
+            function(*args, n_steps)
         finally:
             clock.close()
-        return rates(clock)
+        return clock.window_rate(WINDOW), clock.window_rate(WINDOW, cpu=True)
 
-    # Warm-up: first calls pay for lazy imports, allocator growth, kernel selection.
+    # Warm-up (lazy imports, allocator growth, kernel selection), then the checkpoint cost: short
+    # runs of train.py one at a time, each ending with its per-epoch checkpoint.
     short = max(warmup // 2, 2)
-    generated(VARIANTS["hooks"], short + 1, short)
-    bare(short + 1, short)
-    save_seconds.clear()
-    checkpoint_bytes.clear()
+    clocked(run_generated, VARIANTS["hooks"], n_steps=short + 1, n_warmup=short)
+    clocked(run_bare, n_steps=short + 1, n_warmup=short)
+    timing_saves[0] = True
+    for _ in range(config["save_runs"]):
+        clocked(run_generated, [], n_steps=short + 1, n_warmup=short)
+    timing_saves[0] = False
 
-    # Each repetition: bare, the generated variants (their order alternating), bare again. A
-    # variant's ratio is to the geometric mean of the two bare runs around it, which cancels a
-    # load that drifts steadily; bare again / bare is the A/A control: what noise alone gives.
     kinds = ["bare", *VARIANTS, "again"]
     results = {clock: {kind: [] for kind in kinds} for clock in ("wall", "cpu")}
     results["ratios"] = {
         clock: {kind: [] for kind in [*VARIANTS, "again"]} for clock in ("wall", "cpu")
     }
-    for rep in range(config["reps"]):
-        variants = list(VARIANTS) if rep % 2 == 0 else list(reversed(VARIANTS))
-        measured = {}
-        for kind in ["bare", *variants, "again"]:
-            measured[kind] = bare() if kind in ("bare", "again") else generated(VARIANTS[kind])
+
+    def add(measured: dict) -> None:
+        """One comparison: {kind: (wall rate, cpu rate)} of the bare loop, the variants and the
+        bare loop again; ratios to the geometric mean of the two bare rates."""
         for index, clock in enumerate(("wall", "cpu")):
             for kind in kinds:
                 results[clock][kind].append(measured[kind][index])
@@ -292,6 +302,39 @@ def worker(config: dict) -> dict:
             results["ratios"][clock]["again"].append(
                 measured["again"][index] / measured["bare"][index]
             )
+
+    for rep in range(config["reps"]):
+        variants = list(VARIANTS) if rep % 2 == 0 else list(reversed(VARIANTS))
+        if config["interleave"]:
+            # All four loops in one session, taking turns step by step; compared window by window.
+            order = ["bare", *variants, "again"]
+            session = RoundRobin(order, steps)
+            session.run({
+                kind: (lambda: run_bare(steps)) if kind in ("bare", "again")
+                else (lambda flags=VARIANTS[kind]: run_generated(flags, steps))
+                for kind in order
+            })  # fmt: skip
+            rates = {}
+            for kind in order:
+                wall = session.window_rates(kind, warmup, WINDOW, cpu=False)
+                cpu = session.window_rates(kind, warmup, WINDOW, cpu=True)
+                rates[kind] = list(zip(wall, cpu, strict=True))
+            for window in range(min(len(values) for values in rates.values())):
+                add({kind: rates[kind][window] for kind in order})
+        else:
+            # One loop after the other: bare, the variants, bare again.
+            measured = {}
+            for kind in ["bare", *variants, "again"]:
+                if kind in ("bare", "again"):
+                    measured[kind] = clocked(run_bare)
+                else:
+                    measured[kind] = clocked(run_generated, VARIANTS[kind])
+            add(measured)
+    results["method"] = (
+        f"{WINDOW}-step windows of loops taking turns step by step"
+        if config["interleave"]
+        else "whole runs one after the other"
+    )
     results["save_seconds"] = save_seconds
     results["checkpoint_mib"] = median(checkpoint_bytes) / 2**20
     if config["attribute"]:

@@ -84,7 +84,7 @@ class Variant:
 VARIANTS: tuple[Variant, ...] = (
     Variant("lenet_minimal", "lenet", suite="full", group=1),
     Variant("resnet18_ddp_vscode", "resnet18", ddp=True, vscode=True, suite="full", group=2),
-    Variant("vit_b_16_hooks_vscode", "vit_b_16", vscode=True, hooks=True, image_size=16, group=3),
+    Variant("vit_b_16_hooks_vscode", "vit_b_16", vscode=True, hooks=True, suite="full", group=1),
     Variant(
         "mlp_mnist_ddp_hooks",
         "mlp",

@@ -82,6 +82,14 @@ def test_the_cpu_matrix_covers_every_variant_group(workflow):
     assert "SCAFFOLD_VARIANT_GROUP" in make_targets()["test-variants"]
 
 
+def test_every_test_runs_in_some_job(workflow):
+    """`checks` runs `make test` minus the generated suites, `variants` runs those by group."""
+    checks = workflow["jobs"]["checks"]
+    assert ("checks", "lint") in make_calls(workflow) and ("checks", "test") in make_calls(workflow)
+    test_step = next(step for step in checks["steps"] if "make test" in step.get("run", ""))
+    assert test_step["env"]["SCAFFOLD_VARIANT_GROUP"] not in {str(g) for g in groups()}
+
+
 def test_the_gpu_job_runs_make_test_cuda_on_the_self_hosted_gpu_runner(workflow):
     gpu = workflow["jobs"]["gpu"]
     assert set(gpu["runs-on"]) == {"self-hosted", "gpu"}

@@ -304,7 +304,8 @@ def train(args) -> dict:
         scheduler.load_state_dict(state["scheduler"])
         if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
             # A run resumed with more --epochs or --max-steps follows its own, longer schedule.
-            factors = zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas)
+            groups = optimizer.param_groups
+            factors = zip(groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True)
             for group, base_lr, factor in factors:
                 group["lr"] = base_lr * factor(scheduler.last_epoch)
         if "scaler" in state:

@@ -37,7 +37,7 @@ def parse_args(argv=None):
     data.add_argument("--fake-size", type=int, default=512, help="training samples of 'fake'")
     data.add_argument("--num-classes", type=int, default=10)
     data.add_argument("--in-channels", type=int, default=3)
-    data.add_argument("--image-size", type=int, default=16)
+    data.add_argument("--image-size", type=int, default=32)
     data.add_argument("--augment", action="store_true", help="random crops and flips")
     data.add_argument(
         "--skip-bad-images", action="store_true", help="skip unreadable images instead of stopping"
@@ -310,7 +310,8 @@ def train(args) -> dict:
         scheduler.load_state_dict(state["scheduler"])
         if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
             # A run resumed with more --epochs or --max-steps follows its own, longer schedule.
-            factors = zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas)
+            groups = optimizer.param_groups
+            factors = zip(groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True)
             for group, base_lr, factor in factors:
                 group["lr"] = base_lr * factor(scheduler.last_epoch)
         if "scaler" in state:

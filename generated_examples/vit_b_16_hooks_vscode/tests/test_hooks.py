@@ -244,6 +244,8 @@ def test_hooks_only_on_logged_steps_and_feature_maps(tmp_path):
     run_train(
         tmp_path,
         "--model=lenet",
+        "--in-channels=3",
+        "--image-size=32",
         "--hooks=activations",
         "--hook-modules=conv*",
         "--hook-save-steps=1",

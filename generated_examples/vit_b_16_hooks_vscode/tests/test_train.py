@@ -15,6 +15,9 @@ import checkpoint
 import train
 from model import HEADS, build_model
 
+DEFAULTS = train.parse_args([])
+LENET_SHAPE = (DEFAULTS.num_classes, DEFAULTS.in_channels, DEFAULTS.image_size)
+
 # Two epochs of two steps, checkpoints at step 3 (mid-epoch) and at the end of each epoch.
 RESUME_ARGS = ["--fake-size=16", "--epochs=2", "--save-every-steps=3", "--deterministic"]
 RESUME_ARGS += ["--lr-scheduler=cosine", "--warmup-epochs=0.5", "--momentum=0.9"]
@@ -122,7 +125,8 @@ def test_finetune_freezes_the_backbone_and_replaces_the_head(tmp_path, capsys, m
     backbone = [key for key in after if not key.startswith(head + ".")]
     assert backbone and all(torch.equal(before[key], after[key]) for key in backbone)
     torch.manual_seed(0)
-    initial_head = build_model(model_name, 3, 3, 32).get_submodule(head).weight
+    shape = (DEFAULTS.in_channels, DEFAULTS.image_size)
+    initial_head = build_model(model_name, 3, *shape).get_submodule(head).weight
     assert after[f"{head}.weight"].shape[0] == 3
     assert not torch.equal(after[f"{head}.weight"], initial_head.detach())
 
@@ -157,7 +161,7 @@ def test_amp_runs_the_forward_pass_in_bfloat16_on_cpu(tmp_path, monkeypatch):
 
 def test_channels_last_reaches_the_model(tmp_path, monkeypatch):
     seen = watch_first_forward(monkeypatch)
-    run_train(tmp_path, "--model=lenet", "--channels-last", "--max-steps=1")
+    run_train(tmp_path, "--model=lenet", "--channels-last", "--in-channels=3", "--max-steps=1")
     images = seen[0][0]
     assert images.is_contiguous(memory_format=torch.channels_last) and not images.is_contiguous()
 
@@ -187,7 +191,7 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
     accumulated = load_model_state(tmp_path / "accumulated" / "last.pt")
     big = load_model_state(tmp_path / "big" / "last.pt")
     torch.manual_seed(0)
-    initial = build_model("lenet", 10, 3, 32).state_dict()
+    initial = build_model("lenet", *LENET_SHAPE).state_dict()
     for key in big:
         assert not torch.equal(big[key], initial[key]), key
         torch.testing.assert_close(accumulated[key], big[key], rtol=0, atol=1e-6)
@@ -197,7 +201,7 @@ def test_clip_grad_norm_bounds_the_update(tmp_path):
     run_train(tmp_path, *SGD_ONE_STEP, "--clip-grad-norm=0.001", "--lr=0.1")
     after = load_model_state(tmp_path / "last.pt")
     torch.manual_seed(0)
-    initial = build_model("lenet", 10, 3, 32).state_dict()
+    initial = build_model("lenet", *LENET_SHAPE).state_dict()
     update = torch.cat([(after[key] - initial[key]).flatten() for key in after])
     assert update.norm().item() == pytest.approx(0.1 * 0.001, rel=1e-3)
 
