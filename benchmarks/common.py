@@ -156,7 +156,9 @@ def run_checked(cmd, **kwargs) -> Finished:
     return finished
 
 
-def run_worker(module: str, config: dict, ctx: Context, threads: int | None = None) -> dict:
+def run_worker(
+    module: str, config: dict, ctx: Context, threads: int | None = None, env: dict | None = None
+) -> dict:
     """Run `python benchmarks/MODULE.py --worker CONFIG` and return the JSON it wrote."""
     config = dict(config)
     stamp = time.time_ns()
@@ -167,7 +169,7 @@ def run_worker(module: str, config: dict, ctx: Context, threads: int | None = No
     run_checked(
         [PYTHON, BENCH_DIR / f"{module}.py", "--worker", config_path],
         cwd=ctx.work,
-        env=bench_env(threads),
+        env=bench_env(threads, **(env or {})),
     )
     return json.loads(Path(config["result"]).read_text())
 

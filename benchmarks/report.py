@@ -8,35 +8,27 @@ import textwrap
 
 
 def attribution_table(ctx) -> str:
+    import training
+
     sections = []
     for key, result in ctx.shared.items():
-        if not (isinstance(key, tuple) and key[0] == "train" and "attribution" in result):
+        if not (isinstance(key, tuple) and key[0] == "train"):
+            continue
+        costs = training.attribution(result)
+        if costs is None:
             continue
         _, model, device = key
-        costs = dict(result["attribution"])
-        clock = costs.pop("clock")
         bare = costs.pop("bare loop step")
+        generated = costs.pop("generated loop step")
         lines = [
-            f"**{model} on {device}** ({clock}; the bare step is {bare:,.0f} µs: forward, "
-            "backward and SGD step of one batch of 32)",
+            f"**{model} on {device}**: the bare loop's step takes {bare:,.0f} µs of CPU time, "
+            f"train.py's {generated:,.0f} µs (default flags).",
             "",
             "| piece of train.py's step | µs per step | share of the bare step |",
             "|---|---|---|",
         ]
         for name, value in costs.items():
-            if name.startswith("predicted") or name.startswith("pieces"):
-                continue
             lines.append(f"| {name} | {value:,.1f} | {100 * value / bare:.2f}% |")
-        added = costs["pieces, hooks off"]
-        lines.append(
-            f"| **all of the above but the hooks (hooks off)** | **{added:,.1f}** | "
-            f"**{100 * added / bare:.2f}%** |"
-        )
-        lines.append("")
-        lines.append(
-            f"Predicted generated / bare: {costs['predicted ratio, hooks off']:.4f} with hooks "
-            f"off, {costs['predicted ratio, hooks on']:.4f} with `--hooks activations,gradients`."
-        )
         sections.append("\n".join(lines))
     return "\n\n".join(sections)
 
@@ -106,9 +98,10 @@ def render(*, figures, command, table, notes, rows, info, elapsed, timings, load
 
         ## Per-step costs of the generated loop
 
-        Each piece that train.py adds to a training step, timed by itself (medians of CPU time per
-        call; pieces that run only on logged steps are divided by --log-every, 10). This is what
-        the whole-run ratios above are made of, measured without their noise.
+        What each piece that train.py adds costs per step, in place: the same session of loops
+        taking turns also runs train.py with pieces taken out, and each piece's cost is the
+        difference of two medians (so a small negative value means "less than the noise").
+        Pieces that run only on logged steps are spread over the 10 steps of a window.
 
         {attribution}
 

@@ -278,3 +278,39 @@ def test_a_failed_checkpoint_write_stops_cleanly_and_keeps_the_previous_one(tmp_
     assert "No space left on device" in str(exit_info.value)
     assert (tmp_path / "last.pt").read_bytes() == before
     assert not [name for name in os.listdir(tmp_path) if ".tmp-" in name]
+
+
+def test_tensorboard_writes_events_or_says_how_to_install_it(tmp_path):
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        with pytest.raises(SystemExit) as exit_info:
+            run_train(tmp_path, "--model=lenet", "--max-steps=1", "--tensorboard")
+        assert "pip install tensorboard" in str(exit_info.value)
+        return
+    run_train(tmp_path, "--model=lenet", "--max-steps=1", "--tensorboard")
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_pretrained_weights_come_from_the_hub_cache_only(tmp_path, monkeypatch):
+    import torchvision
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    url = torchvision.models.get_model_weights("resnet18").DEFAULT.url
+    cached = tmp_path / "torch" / "hub" / "checkpoints" / os.path.basename(url)
+    args = ["--model=resnet18", "--weights=DEFAULT", "--freeze=backbone", "--max-steps=1"]
+    args += ["--in-channels=3"]
+    with pytest.raises(SystemExit) as exit_info:
+        run_train(tmp_path / "run", *args)
+    assert f"put the file at {cached}" in str(exit_info.value)
+    assert "--download" in str(exit_info.value)
+
+    torch.manual_seed(1)
+    pretrained = torchvision.models.resnet18().state_dict()
+    cached.parent.mkdir(parents=True)
+    torch.save(pretrained, cached)
+    run_train(tmp_path / "run", *args)
+    trained = load_model_state(tmp_path / "run" / "last.pt")
+    backbone = [key for key in trained if not key.startswith("fc.")]
+    assert all(torch.equal(trained[key], pretrained[key]) for key in backbone)
+    assert trained["fc.weight"].shape[0] == DEFAULTS.num_classes
