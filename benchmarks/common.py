@@ -112,6 +112,7 @@ def bench_env(threads: int | None = None, **extra: str) -> dict[str, str]:
 @dataclass
 class Finished:
     wall: float  # seconds from start to exit
+    cpu: float  # user + system CPU seconds of the process and the children it waited for
     maxrss_kib: int  # peak resident set of the process itself (not of its children)
     returncode: int
     output: str
@@ -145,7 +146,8 @@ def run_measured(cmd, *, cwd=None, env=None, timeout: float = 600) -> Finished:
         log.seek(0)
         output = log.read()
     log_path.unlink(missing_ok=True)
-    return Finished(wall, usage.ru_maxrss, process.returncode, output)
+    cpu = usage.ru_utime + usage.ru_stime
+    return Finished(wall, cpu, usage.ru_maxrss, process.returncode, output)
 
 
 def run_checked(cmd, **kwargs) -> Finished:

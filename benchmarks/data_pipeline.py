@@ -42,13 +42,13 @@ def measure(ctx: Context) -> list[Row]:
     workers = [0, 1] if ctx.quick else list(range(0, max(cores, 2) + 2))
     config = {
         "project": str(ctx.projects["plain"]),
-        "images": 128 if ctx.quick else 1024,
+        "images": 128 if ctx.quick else 512,
         "workers": workers,
         "threads": ctx.threads,
         "folder": str(ctx.work / "images"),
         # model -> (optimizer steps, warm-up steps) of each training run
-        "models": {"lenet": (20, 5)} if ctx.quick else {"lenet": (120, 20), "resnet18": (16, 4)},
-        "repeats": 1 if ctx.quick else 3,
+        "models": {"lenet": (20, 5)} if ctx.quick else {"lenet": (80, 20), "resnet18": (12, 3)},
+        "repeats": 1 if ctx.quick else 2,
     }
     ctx.log(f"data pipeline: {config['images']} PNGs, workers {workers}")
     ctx.record(

@@ -32,8 +32,8 @@ BATCH = 32
 
 
 def measure(ctx: Context) -> list[Row]:
-    plan = {"lenet": 10} if ctx.quick else {"lenet": 100, "resnet18": 8}
-    reps = 1 if ctx.quick else 3
+    plan = {"lenet": 10} if ctx.quick else {"lenet": 60, "resnet18": 8}
+    reps = 1 if ctx.quick else 2
     project = ctx.projects["plain"]
     env = bench_env(ctx.threads)
     floor = None
@@ -54,7 +54,8 @@ def measure(ctx: Context) -> list[Row]:
             for kind in order:
                 out = ctx.work / "memory" / f"{model}-{rep}"
                 command = generated + [f"--output-dir={out}"] if kind == "generated" else bare
-                ctx.record(6, f"OMP_NUM_THREADS={ctx.threads} " + shell_line(command))
+                shown = shell_line(command).replace(str(out), "$RUN")
+                ctx.record(6, f"OMP_NUM_THREADS={ctx.threads} {shown}")
                 peaks[kind].append(run_checked(command, env=env, cwd=project).maxrss_kib)
         ours, theirs = median(peaks["generated"]), median(peaks["bare"])
         ratio = ours / theirs

@@ -39,7 +39,12 @@ def render(*, figures, command, table, notes, rows, info, elapsed, timings, load
     machine = "\n".join(f"- {key}: {value}" for key, value in info.items())
     missed = [row for row in rows if row.verdict == "MISSED"]
     missed_text = (
-        "\n".join(f"- {row.figure}: {row.what}: {row.ratio or row.value}" for row in missed)
+        "\n".join(
+            f"- {row.figure}: {row.what}: "
+            + (f"{row.ratio:.3f}" if row.ratio is not None else row.value)
+            + f" (target {row.target})"
+            for row in missed
+        )
         if missed
         else "- none"
     )

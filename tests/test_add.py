@@ -6,7 +6,6 @@ component to a hand-edited project, then runs that project's own tests and two s
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -18,10 +17,10 @@ from pathlib import Path
 import black
 import pytest
 import yaml
+from helpers import run_cli, tree_hash
 
 from scaffold import add as add_module
 from scaffold.add import Registration, RegistryError, register
-from scaffold.cli import main
 from scaffold.options import NewProject
 from scaffold.render import create_project
 
@@ -44,29 +43,6 @@ def pristine(tmp_path_factory) -> Path:
 @pytest.fixture
 def project(pristine, tmp_path) -> Path:
     return Path(shutil.copytree(pristine, tmp_path / "proj"))
-
-
-def scaffold(capsys, *args: str) -> tuple[int, str, str]:
-    """Run the CLI in this process: (exit code, stdout, stderr)."""
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as done:
-        code = done.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def tree_hash(root: Path) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(root.rglob("*")):
-        relative = path.relative_to(root).as_posix()
-        if path.is_file():
-            digest.update(f"{relative}\0{path.stat().st_mode:o}\0".encode())
-            digest.update(path.read_bytes())
-        else:
-            digest.update(f"{relative}/\0".encode())
-    return digest.hexdigest()
 
 
 def actions(out: str) -> list[tuple[str, str]]:
@@ -129,7 +105,7 @@ ADDS = {
 @pytest.mark.parametrize("which", list(ADDS))
 def test_add_to_fresh_project(project, capsys, which):
     args, expected = ADDS[which]
-    code, out, err = scaffold(capsys, "add", *args, "-C", str(project))
+    code, out, err = run_cli(capsys, "add", *args, "-C", str(project))
     assert (code, err) == (0, "")
     assert actions(out) == expected
     assert out.splitlines()[0] == f"{'create':>12}  {expected[0][1]}"
@@ -140,7 +116,7 @@ def test_add_to_fresh_project(project, capsys, which):
 
     # The same add again changes nothing and says so.
     before = tree_hash(project)
-    code, out, err = scaffold(capsys, "add", *args, "-C", str(project))
+    code, out, err = run_cli(capsys, "add", *args, "-C", str(project))
     assert (code, err) == (0, "")
     assert actions(out) == [("identical", path) for _, path in expected]
     assert "Next:" not in out
@@ -149,7 +125,7 @@ def test_add_to_fresh_project(project, capsys, which):
 
 def test_registry_lines_and_answers(project, capsys):
     for args, _ in ADDS.values():
-        assert scaffold(capsys, "add", *args, "-C", str(project))[0] == 0
+        assert run_cli(capsys, "add", *args, "-C", str(project))[0] == 0
     hooks = (project / "hooks/__init__.py").read_text()
     assert "from hooks.grad_watch import GradWatch\nfrom hooks.gradients import" in hooks
     assert '    "my_hook": MyHook,\n    "grad_watch": GradWatch,\n}' in hooks
@@ -179,7 +155,7 @@ def test_registry_lines_and_answers(project, capsys):
 
 @pytest.mark.parametrize("kind", ["activations", "nan_check"])
 def test_hook_kinds_subclass_the_builtin(project, capsys, kind):
-    code, out, _ = scaffold(capsys, "add", "hook", "--kind", kind, "-C", str(project))
+    code, out, _ = run_cli(capsys, "add", "hook", "--kind", kind, "-C", str(project))
     assert code == 0
     path = f"hooks/my_{kind}.py"
     assert ("create", path) in actions(out)
@@ -202,7 +178,7 @@ def test_generated_code_is_clean_for_short_and_long_names(project, capsys):
         adds += [["hook", letter, "--kind", kind], ["hook", longest + letter, "--kind", kind]]
     changed = set()
     for args in adds:
-        code, out, err = scaffold(capsys, "add", *args, "-C", str(project))
+        code, out, err = run_cli(capsys, "add", *args, "-C", str(project))
         assert (code, err) == (0, ""), args
         changed |= {path for action, path in actions(out) if path.endswith(".py")}
     assert len(changed) == 3 + len(adds)
@@ -212,7 +188,7 @@ def test_generated_code_is_clean_for_short_and_long_names(project, capsys):
 
 def test_plan_is_relative_to_the_root_found_from_a_subfolder(project, capsys, monkeypatch):
     monkeypatch.chdir(project / "hooks")
-    code, out, _ = scaffold(capsys, "add", "hook", "probe")
+    code, out, _ = run_cli(capsys, "add", "hook", "probe")
     assert code == 0
     assert "      create  hooks/probe.py\n" in out
     assert (project / "hooks/probe.py").is_file()
@@ -225,19 +201,19 @@ def test_plan_is_relative_to_the_root_found_from_a_subfolder(project, capsys, mo
 def test_dry_run_writes_nothing(project, capsys, which):
     args, expected = ADDS[which]
     before = tree_hash(project)
-    code, out, err = scaffold(capsys, "add", *args, "--dry-run", "-C", str(project))
+    code, out, err = run_cli(capsys, "add", *args, "--dry-run", "-C", str(project))
     assert (code, err) == (0, "")
     assert actions(out) == [(f"would {action}", path) for action, path in expected]
     assert tree_hash(project) == before
 
 
 def test_changed_file_is_a_conflict_until_force(project, capsys):
-    assert scaffold(capsys, "add", "hook", "-C", str(project))[0] == 0
+    assert run_cli(capsys, "add", "hook", "-C", str(project))[0] == 0
     hook = project / "hooks/my_hook.py"
     hook.write_text(hook.read_text() + "# mine\n")
     before = tree_hash(project)
 
-    code, out, err = scaffold(capsys, "add", "hook", "-C", str(project))
+    code, out, err = run_cli(capsys, "add", "hook", "-C", str(project))
     assert code == 1
     assert ("conflict", "hooks/my_hook.py") in actions(out)
     assert err.count("\n") == 1 and err.startswith("error: nothing was written: hooks/my_hook.py")
@@ -245,13 +221,13 @@ def test_changed_file_is_a_conflict_until_force(project, capsys):
     assert tree_hash(project) == before
 
     # Another kind under the same name changes the file too: still a conflict.
-    code, _, err = scaffold(
+    code, _, err = run_cli(
         capsys, "add", "hook", "my_hook", "--kind", "gradients", "-C", str(project)
     )
     assert code == 1 and "hooks/my_hook.py" in err
     assert tree_hash(project) == before
 
-    code, out, err = scaffold(capsys, "add", "hook", "--force", "-C", str(project))
+    code, out, err = run_cli(capsys, "add", "hook", "--force", "-C", str(project))
     assert (code, err) == (0, "")
     assert actions(out) == [
         ("update", "hooks/my_hook.py"),
@@ -266,7 +242,7 @@ def test_conflict_writes_none_of_the_other_files(project, capsys):
     registry = project / "hooks/__init__.py"
     registry.write_text(registry.read_text().replace("HOOKS = {", "HOOK_TABLE = {"))
     before = tree_hash(project)
-    code, out, err = scaffold(capsys, "add", "hook", "-C", str(project))
+    code, out, err = run_cli(capsys, "add", "hook", "-C", str(project))
     assert code == 1
     assert actions(out) == [
         ("would create", "hooks/my_hook.py"),
@@ -276,7 +252,7 @@ def test_conflict_writes_none_of_the_other_files(project, capsys):
     assert err.startswith("error: nothing was written: hooks/__init__.py has no `HOOKS = {...}`")
     assert tree_hash(project) == before
     # --force never rewrites a registry it cannot find its way around.
-    assert scaffold(capsys, "add", "hook", "--force", "-C", str(project))[0] == 1
+    assert run_cli(capsys, "add", "hook", "--force", "-C", str(project))[0] == 1
     assert tree_hash(project) == before
 
 
@@ -286,7 +262,7 @@ def test_registry_taken_by_another_class_is_a_conflict(project, capsys):
         '    "nan_check": NanCheck,\n', '    "nan_check": NanCheck,\n    "mine": NanCheck,\n'
     )
     registry.write_text(text)
-    code, out, err = scaffold(capsys, "add", "hook", "mine", "-C", str(project))
+    code, out, err = run_cli(capsys, "add", "hook", "mine", "-C", str(project))
     assert code == 1
     assert "hooks/__init__.py already maps 'mine' to NanCheck in HOOKS" in err
     assert not (project / "hooks/mine.py").exists()
@@ -304,7 +280,7 @@ def test_failed_write_puts_everything_back(project, capsys, monkeypatch):
         real_write(target, content, mode)
 
     monkeypatch.setattr(add_module, "write_file", failing_write)
-    code, _, err = scaffold(capsys, "add", "hook", "-C", str(project))
+    code, _, err = run_cli(capsys, "add", "hook", "-C", str(project))
     assert code == 1 and "No space left on device" in err
     assert tree_hash(project) == before
 
@@ -340,7 +316,7 @@ def test_failed_write_puts_everything_back(project, capsys, monkeypatch):
 )
 def test_usage_errors_exit_2_and_write_nothing(project, capsys, args, message):
     before = tree_hash(project)
-    code, out, err = scaffold(capsys, "add", *args, "-C", str(project))
+    code, out, err = run_cli(capsys, "add", *args, "-C", str(project))
     assert code == 2, err
     assert out == ""
     assert err.startswith("error: ") and err.count("\n") == 1
@@ -350,11 +326,11 @@ def test_usage_errors_exit_2_and_write_nothing(project, capsys, args, message):
 
 def test_outside_a_project(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    code, out, err = scaffold(capsys, "add", "hook")
+    code, out, err = run_cli(capsys, "add", "hook")
     assert (code, out) == (2, "")
     assert err.startswith("error: not inside a scaffold project: no .copier-answers.yml in")
     assert err.count("\n") == 1
-    code, _, err = scaffold(capsys, "add", "hook", "-C", str(tmp_path / "missing"))
+    code, _, err = run_cli(capsys, "add", "hook", "-C", str(tmp_path / "missing"))
     assert code == 2 and "is not a directory" in err
 
 
@@ -369,7 +345,7 @@ def bare(tmp_path_factory) -> Path:
 
 def test_add_launch_to_project_without_one(bare, tmp_path, capsys):
     project = Path(shutil.copytree(bare, tmp_path / "bare"))
-    code, out, err = scaffold(capsys, "add", "launch", "-C", str(project))
+    code, out, err = run_cli(capsys, "add", "launch", "-C", str(project))
     assert (code, err) == (0, "")
     assert actions(out) == [("create", ".vscode/launch.json"), ("update", ".copier-answers.yml")]
     json.loads((project / ".vscode/launch.json").read_text())
@@ -379,18 +355,18 @@ def test_add_launch_to_project_without_one(bare, tmp_path, capsys):
     launch = (project / ".vscode/launch.json").read_text()
     assert launch == (fresh / ".vscode/launch.json").read_text()
 
-    code, out, _ = scaffold(capsys, "add", "launch", "-C", str(project))
+    code, out, _ = run_cli(capsys, "add", "launch", "-C", str(project))
     assert (code, actions(out)) == (0, [("identical", ".vscode/launch.json")])
 
     (project / ".vscode/launch.json").write_text(launch.replace('"Train"', '"Mine"'))
-    code, out, err = scaffold(capsys, "add", "launch", "-C", str(project))
+    code, out, err = run_cli(capsys, "add", "launch", "-C", str(project))
     assert code == 1 and "error: nothing was written: .vscode/launch.json differs" in err
     assert "Mine" in (project / ".vscode/launch.json").read_text()
 
 
 def test_add_launch_dry_run(bare, capsys):
     before = tree_hash(bare)
-    code, out, _ = scaffold(capsys, "add", "launch", "--dry-run", "-C", str(bare))
+    code, out, _ = run_cli(capsys, "add", "launch", "--dry-run", "-C", str(bare))
     assert code == 0
     assert actions(out) == [
         ("would create", ".vscode/launch.json"),
@@ -401,7 +377,7 @@ def test_add_launch_dry_run(bare, capsys):
 
 def test_add_hook_needs_the_hooks_package(bare, tmp_path, capsys):
     project = Path(shutil.copytree(bare, tmp_path / "bare"))
-    code, _, err = scaffold(capsys, "add", "hook", "-C", str(project))
+    code, _, err = run_cli(capsys, "add", "hook", "-C", str(project))
     assert code == 2 and "generated with --no-hooks" in err
 
 
@@ -410,12 +386,12 @@ def test_add_slurm_restores_the_script(tmp_path, capsys):
     script = project / "scripts/slurm.sbatch"
     original = script.read_text()
     script.unlink()
-    code, out, err = scaffold(capsys, "add", "slurm", "-C", str(project))
+    code, out, err = run_cli(capsys, "add", "slurm", "-C", str(project))
     assert (code, err) == (0, "")
     assert actions(out) == [("create", "scripts/slurm.sbatch")]
     assert script.read_text() == original
     assert script.stat().st_mode & stat.S_IXUSR
-    code, out, _ = scaffold(capsys, "add", "slurm", "-C", str(project))
+    code, out, _ = run_cli(capsys, "add", "slurm", "-C", str(project))
     assert (code, actions(out)) == (0, [("identical", "scripts/slurm.sbatch")])
 
 
@@ -486,7 +462,7 @@ def test_register_refuses_what_it_cannot_edit():
 def test_many_models_stay_black_and_ruff_clean(project, capsys):
     names = ["tiny_cnn", "wide_net", "net2", "net10", "another_model_with_a_long_name"]
     for name in names:
-        assert scaffold(capsys, "add", "model", name, "-C", str(project))[0] == 0
+        assert run_cli(capsys, "add", "model", name, "-C", str(project))[0] == 0
     text = (project / "model.py").read_text()
     assert "CUSTOM_MODELS = {\n" in text  # grew past 100 characters: one item a line
     files = ["model.py", *(f"model_{name}.py" for name in names)]
@@ -523,7 +499,7 @@ def test_hand_edited_project_keeps_its_lines(project, capsys):
     hand_edit(project)
     train_before = (project / "train.py").read_text()
     registry_before = (project / "hooks/__init__.py").read_text()
-    code, out, _ = scaffold(
+    code, out, _ = run_cli(
         capsys, "add", "hook", "grad_watch", "--kind", "gradients", "-C", str(project)
     )
     assert code == 0 and ("update", "hooks/__init__.py") in actions(out)
@@ -546,7 +522,7 @@ def test_added_components_work_in_a_hand_edited_project(project, capsys):
         ["model", "tiny_cnn"],
         ["dataset", "my_images"],
     ]:
-        code, _, err = scaffold(capsys, "add", *args, "-C", str(project))
+        code, _, err = run_cli(capsys, "add", *args, "-C", str(project))
         assert (code, err) == (0, "")
     registry = (project / "hooks/__init__.py").read_text()
     assert "from hooks.zzz_mine import Mine\n" in registry and '"mine": Mine,' in registry

@@ -3,40 +3,18 @@ one-line errors, and nothing written when anything goes wrong."""
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
+from helpers import run_cli, tree_hash
 from typer.testing import CliRunner
 
 import scaffold
 from scaffold import render
 from scaffold.catalog import MODELS
-from scaffold.cli import app, main
-
-
-def run(capsys, *args: str) -> tuple[int, str, str]:
-    """Run `scaffold ARGS` in this process; return (exit code, stdout, stderr)."""
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def tree_digest(root: Path) -> str:
-    """A hash of every path and file content under root: equal digests mean nothing changed."""
-    digest = hashlib.sha256()
-    for path in sorted(root.rglob("*")):
-        digest.update(str(path.relative_to(root)).encode())
-        if path.is_file():
-            digest.update(path.read_bytes())
-    return digest.hexdigest()
+from scaffold.cli import app
 
 
 def test_help_lists_the_commands():
@@ -47,7 +25,7 @@ def test_help_lists_the_commands():
 
 
 def test_version(capsys):
-    assert run(capsys, "--version") == (0, f"scaffold {scaffold.__version__}\n", "")
+    assert run_cli(capsys, "--version") == (0, f"scaffold {scaffold.__version__}\n", "")
 
 
 def test_list_models_names_every_model():
@@ -70,7 +48,7 @@ def test_importing_the_cli_loads_neither_torch_nor_copier():
 
 def test_new_writes_a_committed_project_with_every_answer(tmp_path, capsys):
     dest = tmp_path / "myproj"
-    code, out, err = run(capsys, "new", str(dest), "--model", "lenet", "--num-classes", "4")
+    code, out, err = run_cli(capsys, "new", str(dest), "--model", "lenet", "--num-classes", "4")
     assert (code, err) == (0, "")
     assert "      create  train.py" in out.splitlines()
     answers = yaml.safe_load((dest / ".copier-answers.yml").read_text())
@@ -88,15 +66,15 @@ def test_new_writes_a_committed_project_with_every_answer(tmp_path, capsys):
 
 
 def test_dry_run_prints_the_files_and_writes_nothing(tmp_path, capsys):
-    before = tree_digest(tmp_path)
-    code, out, _ = run(capsys, "new", str(tmp_path / "p"), "--dry-run", "--no-hooks")
+    before = tree_hash(tmp_path)
+    code, out, _ = run_cli(capsys, "new", str(tmp_path / "p"), "--dry-run", "--no-hooks")
     assert code == 0
     assert "would create  train.py" in out and "hooks/__init__.py" not in out
-    assert tree_digest(tmp_path) == before
+    assert tree_hash(tmp_path) == before
 
 
 def test_no_git_leaves_no_repository(tmp_path, capsys):
-    assert run(capsys, "new", str(tmp_path / "p"), "--no-git")[0] == 0
+    assert run_cli(capsys, "new", str(tmp_path / "p"), "--no-git")[0] == 0
     assert not (tmp_path / "p" / ".git").exists()
 
 
@@ -104,9 +82,9 @@ def test_force_renders_into_a_non_empty_directory_and_keeps_other_files(tmp_path
     dest = tmp_path / "p"
     dest.mkdir()
     (dest / "notes.txt").write_text("mine")
-    code, _, err = run(capsys, "new", str(dest))
+    code, _, err = run_cli(capsys, "new", str(dest))
     assert code == 2 and err == f"error: {dest} is not empty: choose another DEST or pass --force\n"
-    assert run(capsys, "new", str(dest), "--force", "--no-git")[0] == 0
+    assert run_cli(capsys, "new", str(dest), "--force", "--no-git")[0] == 0
     assert (dest / "notes.txt").read_text() == "mine" and (dest / "train.py").is_file()
 
 
@@ -132,17 +110,17 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(
     tmp_path, capsys, monkeypatch, args, message
 ):
     monkeypatch.chdir(tmp_path)
-    before = tree_digest(tmp_path)
-    code, out, err = run(capsys, "new", *args)
+    before = tree_hash(tmp_path)
+    code, out, err = run_cli(capsys, "new", *args)
     assert code == 2
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err
     assert "Traceback" not in out + err
-    assert tree_digest(tmp_path) == before
+    assert tree_hash(tmp_path) == before
 
 
 def test_dest_that_is_a_file_is_refused(tmp_path, capsys):
     (tmp_path / "p").write_text("")
-    code, _, err = run(capsys, "new", str(tmp_path / "p"))
+    code, _, err = run_cli(capsys, "new", str(tmp_path / "p"))
     assert (code, err) == (
         2,
         f"error: {tmp_path / 'p'} exists and is not a directory: choose another DEST\n",
@@ -150,13 +128,13 @@ def test_dest_that_is_a_file_is_refused(tmp_path, capsys):
 
 
 def test_an_empty_name_is_refused(capsys):
-    code, _, err = run(capsys, "new", "")
+    code, _, err = run_cli(capsys, "new", "")
     assert code == 2 and "the project name is empty" in err
 
 
 def test_missing_git_is_a_runtime_error_before_anything_is_written(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(render.shutil, "which", lambda name: None)
-    code, _, err = run(capsys, "new", str(tmp_path / "p"))
+    code, _, err = run_cli(capsys, "new", str(tmp_path / "p"))
     assert (code, err) == (1, "error: git is not installed: install it, or pass --no-git\n")
     assert list(tmp_path.iterdir()) == []
 
@@ -169,7 +147,7 @@ def test_a_failure_while_rendering_leaves_no_directory_behind(tmp_path, capsys, 
 
     monkeypatch.setattr(render, "copier_copy", half_render)
     dest = tmp_path / "deep" / "er" / "p"
-    code, _, err = run(capsys, "new", str(dest))
+    code, _, err = run_cli(capsys, "new", str(dest))
     assert (code, err) == (1, "error: rendering failed: injected\n")
     assert list(tmp_path.iterdir()) == []
 
@@ -179,19 +157,19 @@ def test_a_git_failure_after_rendering_leaves_no_directory_behind(tmp_path, caps
         raise render.ScaffoldError("git commit failed: injected")
 
     monkeypatch.setattr(render, "run_git", failing_git)
-    code, _, err = run(capsys, "new", str(tmp_path / "p"))
+    code, _, err = run_cli(capsys, "new", str(tmp_path / "p"))
     assert (code, err) == (1, "error: git commit failed: injected\n")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_an_unwritable_destination_is_a_runtime_error(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(render.os, "access", lambda path, mode: False)  # as if not root
-    code, _, err = run(capsys, "new", str(tmp_path / "p"))
+    code, _, err = run_cli(capsys, "new", str(tmp_path / "p"))
     message = f"error: cannot write to {tmp_path}: Permission denied; choose another DEST\n"
     assert (code, err) == (1, message)
 
 
 def test_system_directories_are_refused(capsys):
     for dest in ("/etc/p", "/usr/local/lib/p", "/proc/p", "/sys/x/y/p"):
-        code, _, err = run(capsys, "new", dest)
+        code, _, err = run_cli(capsys, "new", dest)
         assert code == 2 and err.startswith("error: refusing to write into the system directory")

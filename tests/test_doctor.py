@@ -7,9 +7,9 @@ import sys
 from importlib.metadata import version
 
 import pytest
+from helpers import run_cli
 
 from scaffold import doctor
-from scaffold.cli import main
 
 HEALTHY = {
     "packages": {
@@ -21,16 +21,6 @@ HEALTHY = {
     "backends": {"distributed": True, "nccl": False, "gloo": True},
 }
 GIT = {"version": "2.39.5", "user.name": "Ada", "user.email": "ada@example.org"}
-
-
-def run_cli(capsys, *args: str) -> tuple[int, str, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as done:
-        code = done.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def fake_package(root, name: str, body: str) -> None:

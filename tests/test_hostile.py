@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-from test_cli import run, tree_digest
+from helpers import run_cli, tree_hash
 
 from scaffold.options import NewProject
 from scaffold.render import create_project
@@ -73,13 +73,13 @@ def project(tmp_path_factory):
 
 
 def check(capsys, root, args, code, message):
-    before = tree_digest(root)
-    got_code, out, err = run(capsys, *args)
+    before = tree_hash(root)
+    got_code, out, err = run_cli(capsys, *args)
     assert got_code == code, err
     assert err.startswith("error: ") and err.count("\n") == 1, err
     assert message in err
     assert "Traceback" not in out + err
-    assert tree_digest(root) == before
+    assert tree_hash(root) == before
 
 
 @pytest.mark.parametrize("args, code, message", NEW, ids=[repr(a) for a, _, _ in NEW])

@@ -39,6 +39,20 @@ def load_model_state(path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)["model"]
 
 
+def watch_forward(monkeypatch) -> list:
+    """Record (input, output) of every forward pass of the model a run builds."""
+    seen = []
+    build = train.build_model
+
+    def build_and_watch(*args, **kwargs):
+        model = build(*args, **kwargs)
+        model.register_forward_hook(lambda module, inputs, output: seen.append((inputs[0], output)))
+        return model
+
+    monkeypatch.setattr(train, "build_model", build_and_watch)
+    return seen
+
+
 @pytest.fixture(autouse=True)
 def cuda_or_skip(request):
     """`cuda` tests skip without a GPU, and fail instead under REQUIRE_CUDA=1 (make test-cuda)."""

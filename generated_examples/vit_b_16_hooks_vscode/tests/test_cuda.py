@@ -9,28 +9,13 @@ import math
 
 import pytest
 import torch
-from conftest import MODEL, read_metrics, run_train
+from conftest import MODEL, read_metrics, run_train, watch_forward
 
 import checkpoint
-import train
 
 pytestmark = pytest.mark.cuda
 
 GPU = ["--device=cuda", "--amp", "--channels-last"]
-
-
-def watch_forward(monkeypatch) -> list:
-    """Record (input, output) of every forward pass of the model a run builds."""
-    seen = []
-    build = train.build_model
-
-    def build_and_watch(*args, **kwargs):
-        model = build(*args, **kwargs)
-        model.register_forward_hook(lambda module, inputs, output: seen.append((inputs[0], output)))
-        return model
-
-    monkeypatch.setattr(train, "build_model", build_and_watch)
-    return seen
 
 
 def train_steps(metrics_dir) -> list[int]:

@@ -9,7 +9,7 @@ import time
 
 import pytest
 import torch
-from conftest import MODEL, load_model_state, read_metrics, run_train, tiny_args
+from conftest import MODEL, load_model_state, read_metrics, run_train, tiny_args, watch_forward
 
 import checkpoint
 import train
@@ -139,28 +139,14 @@ def test_eval_only_reports_the_checkpoint_metrics(tmp_path, capsys):
     assert evaluated == {"val_loss": trained["val_loss"], "val_acc": trained["val_acc"]}
 
 
-def watch_first_forward(monkeypatch) -> list:
-    """Record (input, output) of the model's forward passes during a run."""
-    seen = []
-    build = train.build_model
-
-    def build_and_watch(*args, **kwargs):
-        model = build(*args, **kwargs)
-        model.register_forward_hook(lambda module, inputs, output: seen.append((inputs[0], output)))
-        return model
-
-    monkeypatch.setattr(train, "build_model", build_and_watch)
-    return seen
-
-
 def test_amp_runs_the_forward_pass_in_bfloat16_on_cpu(tmp_path, monkeypatch):
-    seen = watch_first_forward(monkeypatch)
+    seen = watch_forward(monkeypatch)
     run_train(tmp_path, "--model=lenet", "--amp", "--max-steps=1")
     assert seen and all(output.dtype == torch.bfloat16 for _, output in seen)
 
 
 def test_channels_last_reaches_the_model(tmp_path, monkeypatch):
-    seen = watch_first_forward(monkeypatch)
+    seen = watch_forward(monkeypatch)
     run_train(tmp_path, "--model=lenet", "--channels-last", "--in-channels=3", "--max-steps=1")
     images = seen[0][0]
     assert images.is_contiguous(memory_format=torch.channels_last) and not images.is_contiguous()
