@@ -343,7 +343,7 @@ def worker(config: dict) -> dict:
             checkpoint_bytes.append(os.path.getsize(path))
 
     checkpoint.save_checkpoint = timed_save
-    scratch = tempfile.mkdtemp(prefix="bench-train-")
+    scratch = tempfile.mkdtemp(prefix="train-", dir=os.getcwd())  # in run.py's scratch folder
 
     def run_generated(variant: str, n_steps: int) -> None:
         flags, no_bar = VARIANTS[variant]

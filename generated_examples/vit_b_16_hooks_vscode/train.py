@@ -158,22 +158,29 @@ def build_scheduler(optimizer, args, steps_per_epoch: int, total_steps: int):
 
 class MetricsLog:
     """OUTPUT_DIR/metrics.jsonl, one JSON object a line; a resumed run first drops lines written
-    after its checkpoint, so the file ends up as if the run had never stopped."""
+    after its checkpoint, so the file ends up as if the run had never stopped.
+
+    The file stays open for the whole run (opening it for every line cost more than the rest of a
+    logged step); each line is flushed as it is written.
+    """
 
     def __init__(self, path: str, keep_lines: int):
-        self.path = path
         lines = []
         if keep_lines and os.path.exists(path):
             with open(path) as file:
                 lines = file.readlines()[:keep_lines]
-        with open(path, "w") as file:
-            file.writelines(lines)
+        self.file = open(path, "w")
+        self.file.writelines(lines)
+        self.file.flush()
         self.lines = len(lines)
 
     def write(self, record: dict) -> None:
-        with open(self.path, "a") as file:
-            file.write(json.dumps(record) + "\n")
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
         self.lines += 1
+
+    def close(self) -> None:
+        self.file.close()
 
 
 @torch.no_grad()
@@ -408,7 +415,8 @@ def train(args) -> dict:
                 if hook_summary:
                     record["hooks"] = hook_summary
                 log(record)
-                progress.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.3g}")
+                # refresh=False: shown at the bar's next redraw rather than forcing one now
+                progress.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.3g}", refresh=False)
             if args.save_every_steps and step % args.save_every_steps == 0:
                 save(f"step_{step:08d}.pt", epoch, aliases=[checkpoint.LAST])
             if args.max_steps is not None and step >= args.max_steps:
@@ -432,6 +440,7 @@ def train(args) -> dict:
             epoch, step_in_epoch = epoch + 1, 0
             epoch_loss.zero_()
     hooks.detach()
+    metrics_log.close()
     if writer:
         writer.close()
     return metrics
