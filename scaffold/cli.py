@@ -7,22 +7,82 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Annotated
 
 import typer
+from typer.core import TyperCommand
 
 from scaffold import __version__
 from scaffold.catalog import DATASETS, DEFAULT_DATASET, DEFAULT_MODEL, MODELS
 from scaffold.errors import ScaffoldError
 
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+
+
+class Command(TyperCommand):
+    """Arguments shown by their metavar alone, `DEST` and `[NAME]`, on every Typer.
+
+    Newer Typers write a required argument as `{DEST}` in the usage line and add its type,
+    `DEST <path>`, in the list of arguments; Click's own help, which older Typers use, does not.
+    Only public Click methods are overridden, so this holds on Typers with and without their own
+    copy of Click.
+    """
+
+    def collect_usage_pieces(self, ctx: typer.Context) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if param.param_type_name == "argument":
+                name = metavar(param)
+                pieces.append(name if param.required else f"[{name}]")
+            else:
+                pieces.extend(param.get_usage_pieces(ctx))
+        return pieces
+
+    def format_options(self, ctx: typer.Context, formatter) -> None:
+        sections: dict[str, list[tuple[str, str]]] = {"Arguments": [], "Options": []}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is None:
+                continue
+            if param.param_type_name == "argument":
+                # Written here: Typer 0.15 escapes "[required]" for rich markup even when
+                # rich_markup_mode is None, and later ones add the type.
+                text = (getattr(param, "help", None) or "").strip()
+                if param.required:
+                    text = f"{text}  [required]".strip()
+                sections["Arguments"].append((metavar(param), text))
+            else:
+                sections["Options"].append(record)
+        for title, rows in sections.items():
+            if rows:
+                with formatter.section(title):
+                    formatter.write_dl(rows)
+
+
+def metavar(param) -> str:
+    return param.metavar or (param.name or "").upper()
+
+
 app = typer.Typer(
     help="Write PyTorch training projects that train the moment they are generated.",
-    add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
+    context_settings=CONTEXT,
 )
-list_app = typer.Typer(help="List what can be chosen.", no_args_is_help=True)
+list_app = typer.Typer(help="List what can be chosen.", invoke_without_command=True)
 app.add_typer(list_app, name="list")
+
+# One spelling of -C for every command that works on an existing project.
+ProjectDir = Annotated[
+    Path | None,
+    typer.Option(
+        "-C",
+        "--directory",
+        metavar="DIR",
+        help="Use the project at or above DIR, not the current one.",
+    ),
+]
 
 
 def show_version(value: bool) -> None:
@@ -33,61 +93,101 @@ def show_version(value: bool) -> None:
 
 @app.callback()
 def root(
-    version: bool = typer.Option(
-        False, "--version", callback=show_version, is_eager=True, help="Print the version."
-    ),
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=show_version, is_eager=True, help="Print the version."),
+    ] = False,
 ) -> None:
     """Write PyTorch training projects that train the moment they are generated."""
 
 
-@app.command()
+@app.command(cls=Command)
 def new(
     ctx: typer.Context,
-    dest: Path = typer.Argument(
-        ..., help="Where to create the project; its last part is the name."
-    ),
-    model: str = typer.Option(DEFAULT_MODEL, help="Default model for train.py."),
-    num_classes: int = typer.Option(10, help="Number of classes."),
-    in_channels: int = typer.Option(3, help="Image channels."),
-    image_size: int = typer.Option(32, help="Image height and width in pixels."),
-    dataset: str = typer.Option(DEFAULT_DATASET, help="Default dataset for train.py."),
-    ddp: bool = typer.Option(False, "--ddp/--no-ddp", help="Multi-process training (torchrun)."),
-    vscode: bool = typer.Option(True, "--vscode/--no-vscode", help="Write .vscode/launch.json."),
-    hooks: bool = typer.Option(True, "--hooks/--no-hooks", help="Ship the hooks/ package."),
-    git: bool = typer.Option(True, "--git/--no-git", help="git init and commit the project."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the files, write nothing."),
-    force: bool = typer.Option(False, "--force", help="Allow a non-empty DEST."),
-    interactive: bool = typer.Option(False, "--interactive", help="Ask the questions on a TTY."),
+    dest: Annotated[
+        Path,
+        typer.Argument(
+            metavar="DEST", help="Where to create the project; its last part is the name."
+        ),
+    ],
+    model: Annotated[
+        str,
+        typer.Option(metavar="MODEL", help=f"Default model for train.py: {', '.join(MODELS)}."),
+    ] = DEFAULT_MODEL,
+    num_classes: Annotated[int, typer.Option(metavar="N", help="Number of classes.")] = 10,
+    in_channels: Annotated[int, typer.Option(metavar="N", help="Image channels.")] = 3,
+    image_size: Annotated[
+        int, typer.Option(metavar="PIXELS", help="Image height and width in pixels.")
+    ] = 32,
+    dataset: Annotated[
+        str,
+        typer.Option(
+            metavar="DATASET", help=f"Default dataset for train.py: {', '.join(DATASETS)}."
+        ),
+    ] = DEFAULT_DATASET,
+    ddp: Annotated[
+        bool, typer.Option("--ddp/--no-ddp", help="Multi-process training (torchrun).")
+    ] = False,
+    vscode: Annotated[
+        bool, typer.Option("--vscode/--no-vscode", help="Write .vscode/launch.json.")
+    ] = True,
+    hooks: Annotated[
+        bool, typer.Option("--hooks/--no-hooks", help="Ship the hooks/ package.")
+    ] = True,
+    git: Annotated[
+        bool, typer.Option("--git/--no-git", help="git init and commit the project.")
+    ] = True,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the files, write nothing.")
+    ] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="Allow a non-empty DEST (never overwrites uncommitted changes)."
+        ),
+    ] = False,
+    interactive: Annotated[
+        bool, typer.Option("--interactive", help="Ask the questions on a TTY.")
+    ] = False,
 ) -> None:
     """Create a new training project at DEST."""
-    from scaffold.options import NewProject
+    from scaffold.options import NewProject, answer_names
     from scaffold.render import create_project
 
+    # The answers are read from ctx.params by NewProject's field names, so that the list of
+    # choices is written down once (scaffold/options.py); the parameters above only parse them.
+    names = answer_names()
     # Interactively, copier asks every question the command line did not answer.
-    answered = {
+    answered = frozenset(
         name
-        for name in ("model", "num_classes", "in_channels", "image_size", "dataset", "ddp")
-        + ("vscode", "hooks")
+        for name in names
         if not interactive or ctx.get_parameter_source(name).name == "COMMANDLINE"
-    }
-    project = NewProject(
-        dest=dest,
-        answered=frozenset(answered),
-        model=model,
-        num_classes=num_classes,
-        in_channels=in_channels,
-        image_size=image_size,
-        dataset=dataset,
-        ddp=ddp,
-        vscode=vscode,
-        hooks=hooks,
     )
-    files = create_project(project, force=force, git=git, dry_run=dry_run, interactive=interactive)
-    verb = "would create" if dry_run else "create"
-    for name in files:
-        typer.echo(f"{verb:>12}  {name}")
+    project = NewProject(dest=dest, answered=answered, **{name: ctx.params[name] for name in names})
+    rendered = create_project(
+        project, force=force, git=git, dry_run=dry_run, interactive=interactive
+    )
+    verbs = {
+        name: ("overwrite" if name in rendered.replaced else "create") for name in rendered.files
+    }
+    if dry_run:
+        verbs = {name: f"would {verb}" for name, verb in verbs.items()}
+    width = max([12, *map(len, verbs.values())])
+    for name, verb in verbs.items():
+        typer.echo(f"{verb:>{width}}  {name}")
     if not dry_run:
         typer.echo(f"\nCreated {dest}. Next: cd {dest} && python train.py --epochs 1 --max-steps 3")
+
+
+@list_app.callback()
+def list_kinds(ctx: typer.Context) -> None:
+    """List what can be chosen."""
+    if ctx.invoked_subcommand is not None:
+        return
+    group = ctx.command
+    for name in group.list_commands(ctx):
+        typer.echo(f"{name:<10} {group.get_command(ctx, name).get_short_help_str(limit=80)}")
+    typer.echo("\nRun `scaffold list KIND`, e.g. scaffold list models.")
 
 
 @list_app.command("models")
@@ -116,26 +216,31 @@ def list_variants() -> None:
         typer.echo(line)
 
 
-@app.command()
+@app.command(cls=Command)
 def add(
-    component: str = typer.Argument(
-        ..., metavar="COMPONENT", help="hook, model, dataset, launch or slurm."
-    ),
-    name: str | None = typer.Argument(
-        None, metavar="NAME", help="Its name (hook: default from --kind; none for launch, slurm)."
-    ),
-    kind: str | None = typer.Option(
-        None, help="hook only: activations, gradients, nan_check or custom (the default)."
-    ),
-    directory: Path | None = typer.Option(
-        None,
-        "-C",
-        "--directory",
-        metavar="DIR",
-        help="Use the project at or above DIR, not the current one.",
-    ),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan, write nothing."),
-    force: bool = typer.Option(False, "--force", help="Overwrite files you have changed."),
+    component: Annotated[
+        str, typer.Argument(metavar="COMPONENT", help="hook, model, dataset, launch or slurm.")
+    ],
+    name: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="NAME", help="Its name (hook: default from --kind; none for launch, slurm)."
+        ),
+    ] = None,
+    kind: Annotated[
+        str | None,
+        typer.Option(
+            metavar="KIND",
+            help="hook only: activations, gradients, nan_check or custom (the default).",
+        ),
+    ] = None,
+    directory: ProjectDir = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the plan, write nothing.")
+    ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite files you have changed.")
+    ] = False,
 ) -> None:
     """Add a hook, model, dataset, VS Code launch.json or SLURM script to this project."""
     from scaffold.add import add_component
@@ -151,7 +256,7 @@ def add(
     )
 
 
-@app.command()
+@app.command(cls=Command)
 def doctor() -> None:
     """Check that generated projects can run here: Python, torch, CUDA, backends, git."""
     from scaffold.doctor import check  # torch is imported in a child process, never here
@@ -164,38 +269,55 @@ def doctor() -> None:
     typer.echo("ok: generated projects can run here")
 
 
-@app.command()
+@app.command(cls=Command)
 def update(
-    directory: Path | None = typer.Option(
-        None, "-C", "--directory", help="Use the project at or above DIR, not the current one."
-    ),
-    to: str | None = typer.Option(
-        None, "--to", metavar="VERSION", help="Template version (default: the installed one)."
-    ),
-    settings: list[str] = typer.Option(
-        [], "--set", metavar="KEY=VALUE", help="Change an answer, e.g. ddp=true (repeatable)."
-    ),
-    conflict: str = typer.Option(
-        "inline", "--conflict", metavar="inline|rej", help="Conflict markers, or .rej files."
-    ),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Say what would change, change nothing."),
+    directory: ProjectDir = None,
+    to: Annotated[
+        str | None,
+        typer.Option(
+            "--to", metavar="VERSION", help="Template version (default: the installed one)."
+        ),
+    ] = None,
+    settings: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set", metavar="KEY=VALUE", help="Change an answer, e.g. ddp=true (repeatable)."
+        ),
+    ] = None,
+    conflict: Annotated[
+        str,
+        typer.Option(
+            "--conflict",
+            metavar="MODE",
+            help="inline: conflict markers in the file; rej: a .rej file beside it.",
+        ),
+    ] = "inline",
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Say what would change, change nothing.")
+    ] = False,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Delete files you changed that a --set answer drops."),
+    ] = False,
 ) -> None:
     """Apply what changed in the template since this project was made, keeping your edits."""
     from scaffold.update import update_project
 
     outcome = update_project(
-        directory, to=to, settings=settings, conflict=conflict, dry_run=dry_run, echo=typer.echo
+        directory,
+        to=to,
+        settings=settings or [],
+        conflict=conflict,
+        dry_run=dry_run,
+        force=force,
+        echo=typer.echo,
     )
     if outcome is None:
         typer.echo("Up to date: nothing to update.")
 
 
-@app.command("check-update")
-def check_update(
-    directory: Path | None = typer.Option(
-        None, "-C", "--directory", help="Use the project at or above DIR, not the current one."
-    ),
-) -> None:
+@app.command("check-update", cls=Command)
+def check_update(directory: ProjectDir = None) -> None:
     """Compare the project's template version with the installed one (exit 1: update available)."""
     from scaffold.update import check_update as statuses_of
 
@@ -210,14 +332,20 @@ def check_update(
         raise typer.Exit(1)
 
 
-@app.command()
+@app.command(cls=Command)
 def examples(
-    into: Path | None = typer.Option(
-        None, "--into", metavar="DIR", help="Where (default: generated_examples/ in this checkout)."
-    ),
-    check: bool = typer.Option(
-        False, "--check", help="Compare with a fresh render, write nothing (exit 1 if they differ)."
-    ),
+    into: Annotated[
+        Path | None,
+        typer.Option(
+            "--into", metavar="DIR", help="Where (default: generated_examples/ in this checkout)."
+        ),
+    ] = None,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check", help="Compare with a fresh render, write nothing (exit 1 if they differ)."
+        ),
+    ] = False,
 ) -> None:
     """Render the example projects into generated_examples/ (see scaffold/examples.py)."""
     from scaffold.examples import check_examples, write_examples
@@ -236,27 +364,39 @@ def examples(
         typer.echo(f"{'write':>12}  {name}")
 
 
+def root_help() -> str:
+    """`scaffold --help`, as text."""
+    command = typer.main.get_command(app)
+    with command.make_context("scaffold", [], resilient_parsing=True) as ctx:
+        return ctx.get_help()
+
+
+def is_click_error(error: BaseException) -> bool:
+    """Click's errors (ClickException and its subclasses), told by their documented interface.
+
+    Their classes live in `click.exceptions` up to Typer 0.25 and in a private copy of Click
+    inside Typer from 0.26 on; neither is importable on every Typer, their interface is.
+    """
+    return isinstance(getattr(error, "exit_code", None), int) and callable(
+        getattr(error, "format_message", None)
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: every failure ends as one line on stderr and a documented exit code."""
-    from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
-
+    args = sys.argv[1:] if argv is None else list(argv)
     try:
-        code = app(args=argv, prog_name="scaffold", standalone_mode=False)
+        if not args:
+            # Click up to 8.1 prints the help to stdout and exits 0 here, later versions raise an
+            # error that carries it: the same on every version, a usage error with the help.
+            typer.echo(root_help(), err=True)
+            sys.exit(2)
+        code = app(args=args, prog_name="scaffold", standalone_mode=False)
         if isinstance(code, int) and code:  # typer.Exit(code) is returned, not raised, here
             sys.exit(code)
     except ScaffoldError as error:
         typer.echo(f"error: {error}", err=True)
         sys.exit(error.exit_code)
-    except NoArgsIsHelpError as error:
-        typer.echo(error.format_message(), err=True)
-        sys.exit(2)
-    except UsageError as error:
-        command = error.ctx.command_path if error.ctx else "scaffold"
-        typer.echo(f"error: {error.format_message()} (see '{command} --help')", err=True)
-        sys.exit(2)
-    except ClickException as error:
-        typer.echo(f"error: {error.format_message()}", err=True)
-        sys.exit(1)
     except typer.Exit as done:
         sys.exit(done.exit_code)
     except (typer.Abort, KeyboardInterrupt):
@@ -265,4 +405,13 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as error:
         where = f": {error.filename}" if error.filename else ""
         typer.echo(f"error: {error.strerror or error}{where}", err=True)
+        sys.exit(1)
+    except Exception as error:
+        if not is_click_error(error):
+            raise
+        if hasattr(error, "ctx"):  # a usage error: Click gives it the context of the command
+            command = error.ctx.command_path if error.ctx else "scaffold"
+            typer.echo(f"error: {error.format_message()} (see '{command} --help')", err=True)
+            sys.exit(2)
+        typer.echo(f"error: {error.format_message()}", err=True)
         sys.exit(1)

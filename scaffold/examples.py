@@ -50,6 +50,11 @@ def default_dir() -> Path:
     return SOURCE_ROOT / FOLDER
 
 
+# How every README.md of an examples folder starts: what tells `scaffold examples --into DIR`
+# that it wrote DIR, and may replace it.
+README_START = "# Generated examples\n\nWritten by `scaffold examples`"
+
+
 def readme() -> str:
     lines = [
         "# Generated examples",
@@ -98,13 +103,38 @@ def render_examples(into: Path, names: tuple[str, ...] = EXAMPLES) -> None:
     (into / "README.md").write_text(readme(), encoding="utf-8")
 
 
+def written_by_scaffold(folder: Path) -> bool:
+    """Whether `folder` holds examples this command wrote: its README.md starts as readme()'s."""
+    try:
+        text = (folder / "README.md").read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return False
+    return text.startswith(README_START)
+
+
+def check_target(target: Path) -> None:
+    """Refuse a target that write_examples would replace without having written it."""
+    if target.is_symlink():
+        raise UsageError(f"{target} is a symbolic link: give the folder itself as --into DIR")
+    if target.exists() and not target.is_dir():
+        raise UsageError(f"{target} is not a folder: choose another --into DIR")
+    if target.is_dir() and any(target.iterdir()) and not written_by_scaffold(target):
+        raise UsageError(
+            f"{target} is not empty and holds no examples written by `scaffold examples` "
+            "(no README.md from it), so it is not replaced: choose another --into DIR"
+        )
+
+
 def write_examples(target: Path | None = None) -> list[str]:
     """Replace `target` (default: generated_examples/ of this checkout) with a fresh render.
 
-    Rendered next to it first, then swapped in, so a failed render leaves the old examples alone.
+    Only a folder that does not exist yet, an empty one, or one this function wrote before (see
+    check_target) is replaced: anything else is refused, never deleted. Rendered next to it
+    first, then swapped in, so a failed render leaves the old examples alone.
     Returns the relative paths written.
     """
     target = Path(target) if target else default_dir()
+    check_target(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".scaffold-examples-", dir=target.parent))
     try:

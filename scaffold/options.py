@@ -1,10 +1,19 @@
-"""The user's choices for each command, their validation, and where they become template data."""
+"""The user's choices for each command, their validation, and where they become template data.
+
+NewProject is the one declaration of the choices of `scaffold new`: every field other than `dest`
+and `answered` is an answer of templates/project/copier.yml, with the same name and default.
+Adding a choice means a field here, its question in copier.yml and its Typer parameter in
+scaffold/cli.py; to_data(), the variants (scaffold/variants.py) and `scaffold update --set`
+derive from the fields (tests/test_options.py checks copier.yml against them).
+"""
 
 from __future__ import annotations
 
 import keyword
 import re
-from dataclasses import dataclass
+import sys
+import typing
+from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
 
 from scaffold import __version__
@@ -16,6 +25,41 @@ MAX_NAME_LENGTH = 64
 MAX_CLASSES = 1_000_000
 MAX_CHANNELS = 64
 MAX_IMAGE_SIZE = 4096
+
+# A project named like a module it imports would be imported in that module's place (the
+# project's folder is on sys.path when its tests and scripts run, and pip would see two
+# distributions of one name), so these names are refused. Spelled as pip and Python spell them.
+DEPENDENCIES = (
+    "torch torchvision tqdm numpy pillow pyyaml yaml matplotlib tensorboard mlflow wandb onnx "
+    "onnxruntime onnxscript pytest black ruff typer copier"
+).split()
+# tests/test_options.py checks that every top-level module the template writes is here.
+PROJECT_MODULES = (
+    "train model dataset checkpoint distributed hooks summary plot predict export loggers runs "
+    "tests conftest"
+).split()
+
+
+def normalised(name: str) -> str:
+    """Names as pip and the import system confuse them: case-insensitive, '-' the same as '_'."""
+    return name.lower().replace("-", "_")
+
+
+def shadowing(name: str) -> str | None:
+    """What a project called `name` would shadow, as the end of a sentence; None when nothing."""
+    key = normalised(name)
+    if key == "scaffold":
+        return "the scaffold package that writes it"
+    for dependency in DEPENDENCIES:
+        if normalised(dependency) == key:
+            return f"the {dependency} package the project depends on"
+    for module in PROJECT_MODULES:
+        if module == key:
+            return f"the project's own {module} module"
+    for module in sys.stdlib_module_names:
+        if normalised(module) == key:
+            return f"Python's standard {module} module"
+    return None
 
 
 def check_project_name(name: str) -> None:
@@ -30,27 +74,43 @@ def check_project_name(name: str) -> None:
         )
     if keyword.iskeyword(name) or keyword.issoftkeyword(name):
         raise UsageError(f"invalid project name {name!r}: it is a Python keyword")
+    shadowed = shadowing(name)
+    if shadowed:
+        raise UsageError(
+            f"invalid project name {name!r}: it would shadow {shadowed}; choose another name"
+        )
+
+
+NOT_AN_ANSWER = {"answer": False}
 
 
 @dataclass(frozen=True)
 class NewProject:
-    dest: Path
+    dest: Path = field(metadata=NOT_AN_ANSWER)
+    # The answers, in the order `Variant.flags()` spells them (generated_examples/README.md).
     model: str = DEFAULT_MODEL
-    num_classes: int = 10
-    in_channels: int = 3
-    image_size: int = 32
     dataset: str = DEFAULT_DATASET
+    image_size: int = 32
+    in_channels: int = 3
+    num_classes: int = 10
     ddp: bool = False
     vscode: bool = True
     hooks: bool = True
-    # The answers to pass to copier; the others it asks (`scaffold new --interactive`).
-    answered: frozenset[str] = frozenset(
-        ["model", "num_classes", "in_channels", "image_size", "dataset", "ddp", "vscode", "hooks"]
-    )
+    # The answers to pass to copier; copier asks for the others (`scaffold new --interactive`).
+    # None: all of them.
+    answered: frozenset[str] | None = field(default=None, metadata=NOT_AN_ANSWER)
+
+    def __post_init__(self) -> None:
+        if self.answered is None:
+            object.__setattr__(self, "answered", frozenset(answer_names()))
 
     @property
     def name(self) -> str:
         return self.dest.name
+
+    def answers(self) -> dict[str, object]:
+        """{answer: value} of every choice, in declaration order."""
+        return {name: getattr(self, name) for name in answer_names()}
 
     def validate(self) -> None:
         check_project_name(self.name)
@@ -73,20 +133,27 @@ class NewProject:
 
     def to_data(self) -> dict[str, object]:
         """The copier answers for templates/project/copier.yml."""
-        answers = {
-            "project_name": self.name,
-            "model": self.model,
-            "num_classes": self.num_classes,
-            "in_channels": self.in_channels,
-            "image_size": self.image_size,
-            "dataset": self.dataset,
-            "ddp": self.ddp,
-            "vscode": self.vscode,
-            "hooks": self.hooks,
-            "template_version": __version__,
-        }
-        return {
-            key: value
-            for key, value in answers.items()
-            if key in self.answered or key in ("project_name", "template_version")
-        }
+        data: dict[str, object] = {"project_name": self.name}
+        data.update((key, value) for key, value in self.answers().items() if key in self.answered)
+        data["template_version"] = __version__
+        return data
+
+
+def answer_fields() -> list[Field]:
+    """The fields of NewProject that are answers of the project template, in order."""
+    return [item for item in fields(NewProject) if item.metadata.get("answer", True)]
+
+
+def answer_names() -> list[str]:
+    return [item.name for item in answer_fields()]
+
+
+def answer_types() -> dict[str, type]:
+    """{answer: its Python type} (bool, int or str)."""
+    hints = typing.get_type_hints(NewProject)
+    return {name: hints[name] for name in answer_names()}
+
+
+def option_name(answer: str) -> str:
+    """The `scaffold new` option of an answer: num_classes -> --num-classes."""
+    return "--" + answer.replace("_", "-")

@@ -269,19 +269,31 @@ def copier_copy(
     Every template rendered for a project (the project, and the components `scaffold add` writes)
     should go through here, so that `scaffold update` can update it later.
     """
-    from copier import run_copy  # imported here so that `scaffold --help` stays instant
-
     source = template_source(name)
     if source.version and "template_version" in data:
         data = {**data, "template_version": source.version}
     from_bundle = source.version is not None and not source.folder_is_release
     src = str(source.bundle if from_bundle else source.folder)
+    render_template(src, into, data, source.tag if from_bundle else None, interactive)
+    for answers in Path(into).glob(".copier-answers*.yml"):
+        if f"_src_path: {src}\n" in answers.read_text(encoding="utf-8"):
+            stamp_answers(answers, source)
+    return source
+
+
+def render_template(
+    src: str, into: Path, data: dict[str, object], vcs_ref: str | None, interactive: bool = False
+) -> None:
+    """copier's run_copy of the template at `src` (at the tag `vcs_ref` of a bundle), errors
+    turned into one line."""
+    from copier import run_copy  # imported here so that `scaffold --help` stays instant
+
     try:
         run_copy(
             src,
             into,
             data=data,
-            vcs_ref=source.tag if from_bundle else None,
+            vcs_ref=vcs_ref,
             # pip byte-compiles the .py files of an installed template, and copier drops its
             # default excludes when copier.yml sets _subdirectory
             exclude=BYTECODE,
@@ -296,10 +308,6 @@ def copier_copy(
         message = str(error).strip().splitlines()
         reason = message[0] if message else type(error).__name__
         raise ScaffoldError(f"rendering failed: {reason}") from None
-    for answers in Path(into).glob(".copier-answers*.yml"):
-        if f"_src_path: {src}\n" in answers.read_text(encoding="utf-8"):
-            stamp_answers(answers, source)
-    return source
 
 
 def run_git(args: list[str], cwd: Path) -> None:
@@ -317,6 +325,9 @@ def commit_project(root: Path, files: list[str], name: str) -> None:
     if not (root / ".git").exists():
         run_git(["init", "--quiet"], root)
     run_git(["add", "--", *files], root)
+    staged = subprocess.run(["git", "diff", "--cached", "--quiet"], cwd=root, capture_output=True)
+    if staged.returncode == 0:  # --force over the same project: every file already committed
+        return
     run_git(["commit", "--quiet", "-m", f"Generate {name} with scaffold {__version__}"], root)
 
 
@@ -338,6 +349,74 @@ def move_into(staging: Path, dest: Path) -> None:
             os.replace(source, target)
 
 
+@dataclass(frozen=True)
+class Rendered:
+    """What `scaffold new` wrote (or would write): every file, and those it replaced at DEST."""
+
+    files: list[str]  # relative paths, sorted
+    replaced: frozenset[str] = frozenset()
+
+
+def listing(paths: list[str], few: int = 3) -> str:
+    """'a, b, c and 2 more': a one-line list of paths."""
+    shown = ", ".join(paths[:few])
+    return f"{shown} and {len(paths) - few} more" if len(paths) > few else shown
+
+
+def check_overwrites(dest: Path, staging: Path, files: list[str]) -> frozenset[str]:
+    """The files of the render that already exist at DEST (which --force replaces).
+
+    Refuses (ScaffoldError) to replace anything that could not be got back: in a git work tree,
+    any uncommitted change to a tracked file, and any file not tracked that would change; outside
+    one, any file that would change. Files already holding exactly what is rendered lose nothing.
+    """
+    for name in files:
+        for part in [*reversed(Path(name).parents[:-1]), Path(name)]:
+            target = dest / part
+            if target.exists() and (target.is_dir() != (part != Path(name))):
+                raise ScaffoldError(
+                    f"{target} is in the way of {name}, which the project needs: move it away"
+                )
+    replaced = frozenset(name for name in files if (dest / name).exists())
+    differing = sorted(
+        name for name in replaced if (dest / name).read_bytes() != (staging / name).read_bytes()
+    )
+    top = work_tree_top(dest)
+    if top is None:
+        if differing:
+            them = "it" if len(differing) == 1 else "them"
+            raise ScaffoldError(
+                f"{dest} is not in a git work tree and --force would overwrite "
+                f"{listing(differing)}: move {them} away (or commit {them} to git) first"
+            )
+        return replaced
+    tracked = set(git_paths(["ls-files", "-z"], dest))
+    uncommitted = set(git_paths(["diff", "--name-only", "-z", "--relative"], dest))
+    uncommitted |= set(git_paths(["diff", "--cached", "--name-only", "-z", "--relative"], dest))
+    uncommitted |= {name for name in differing if name not in tracked}
+    if uncommitted:
+        raise ScaffoldError(
+            f"{dest} has uncommitted changes that --force could overwrite "
+            f"({listing(sorted(uncommitted))}): commit or stash them (git stash -u) first"
+        )
+    return replaced
+
+
+def work_tree_top(folder: Path) -> Path | None:
+    result = subprocess.run(
+        ["git", "rev-parse", "--show-toplevel"], cwd=folder, capture_output=True, text=True
+    )
+    return Path(result.stdout.strip()) if result.returncode == 0 else None
+
+
+def git_paths(args: list[str], cwd: Path) -> list[str]:
+    result = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+    if result.returncode:
+        lines = (result.stderr or result.stdout).strip().splitlines()
+        raise ScaffoldError(f"git {args[0]} failed: {lines[-1] if lines else 'no output'}")
+    return [path for path in result.stdout.split("\0") if path]
+
+
 def create_project(
     project: NewProject,
     *,
@@ -345,8 +424,8 @@ def create_project(
     git: bool = True,
     dry_run: bool = False,
     interactive: bool = False,
-) -> list[str]:
-    """Render `project` at its destination and return the relative paths of its files."""
+) -> Rendered:
+    """Render `project` at its destination; say which files it wrote and which it replaced."""
     project.validate()
     dest = Path(os.path.abspath(project.dest))
     check_destination(dest, force)
@@ -367,8 +446,11 @@ def create_project(
     try:
         copier_copy(project.to_data(), staging, interactive)
         files = list_files(staging)
+        replaced = frozenset()
+        if dest.is_dir() and any(dest.iterdir()):  # --force: check_destination refused it else
+            replaced = check_overwrites(dest, staging, files)
         if dry_run:
-            return files
+            return Rendered(files, replaced)
         refresh_caches()  # so that plain `copier update` finds the template later
         forced_into_repo = (dest / ".git").exists()
         if git and not forced_into_repo:
@@ -385,7 +467,7 @@ def create_project(
                 if not existed:
                     shutil.rmtree(dest, ignore_errors=True)
                 raise
-        return files
+        return Rendered(files, replaced)
     except BaseException:
         for parent in reversed(created_parents):
             shutil.rmtree(parent, ignore_errors=True)

@@ -30,7 +30,7 @@ import re
 import subprocess
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from scaffold.errors import ScaffoldError, UsageError
@@ -96,6 +96,18 @@ class Plan:
     source: object  # render.TemplateSource
     target: str
     data: dict = field(default_factory=dict)
+
+    @property
+    def settings(self) -> dict:
+        """The answers --set changes."""
+        return {key: value for key, value in self.data.items() if key != "template_version"}
+
+    def settings_text(self) -> str:
+        """'ddp=true, model=lenet', as --set spells them."""
+        return ", ".join(
+            f"{key}={str(value).lower() if isinstance(value, bool) else value}"
+            for key, value in self.settings.items()
+        )
 
 
 @dataclass
@@ -238,13 +250,59 @@ def project_questions(source) -> dict[str, str]:
 
 
 def validate_project_answers(values: dict) -> None:
-    from scaffold.options import NewProject
+    from scaffold.options import NewProject, answer_names
 
-    known = {f.name for f in fields(NewProject)} - {"dest"}
+    known = set(answer_names())
     NewProject(
         dest=Path(str(values.get("project_name", "project"))),
         **{key: value for key, value in values.items() if key in known},
     ).validate()
+
+
+# ---- what --set would delete ----------------------------------------------------------------
+#
+# Copier's update deletes every file the old answers render and the new ones do not, whatever the
+# user did to it, and a folder only when nothing else is left in it. So before copier runs, the
+# project template is rendered at the project's own version with the old answers and with the new
+# ones: the files only the first holds are the ones the update deletes, and comparing them with
+# the first render tells which the user changed.
+
+
+def check_dropped_files(root: Path, plan: Plan, all_answers: list[Answers], force: bool) -> None:
+    """Refuse a --set that deletes what the user changed, or what the hooks they added import."""
+    if plan.answers.path != ANSWERS_FILE or not plan.settings:
+        return
+    from scaffold.render import list_files, listing, render_template
+
+    old_data = {key: value for key, value in plan.answers.values.items() if key[:1] != "_"}
+    with tempfile.TemporaryDirectory(prefix="scaffold-set-") as tmp:
+        before, after = Path(tmp) / "before", Path(tmp) / "after"
+        for into, data in ((before, old_data), (after, {**old_data, **plan.settings})):
+            render_template(str(plan.source.bundle), into, data, plan.answers.commit)
+        dropped = sorted(set(list_files(before)) - set(list_files(after)))
+        changed = [
+            name
+            for name in dropped
+            if (root / name).is_file()
+            and (root / name).read_bytes() != (before / name).read_bytes()
+        ]
+    hooks = [
+        str(answers.values.get("name") or answers.label.removeprefix("hook-"))
+        for answers in all_answers
+        if answers.template == "hook"
+    ]
+    if hooks and any(name.startswith("hooks/") for name in dropped):
+        raise ScaffoldError(
+            f"--set {plan.settings_text()} would delete hooks/, which the hooks you added with "
+            f"`scaffold add hook` import ({listing(hooks)}): remove them first (hooks/NAME.py, "
+            "their HOOKS entry and .copier-answers.hook-NAME.yml), or keep hooks on"
+        )
+    if changed and not force:
+        them = "it" if len(changed) == 1 else "them"
+        raise ScaffoldError(
+            f"--set {plan.settings_text()} would delete {listing(changed)}, which you changed "
+            f"since scaffold wrote {them}: pass --force to delete {them} anyway"
+        )
 
 
 # ---- updating -----------------------------------------------------------------------------
@@ -257,12 +315,15 @@ def update_project(
     settings: Sequence[str] = (),
     conflict: str = "inline",
     dry_run: bool = False,
+    force: bool = False,
     echo: Callable[[str], None] = print,
 ) -> Outcome | None:
     """Update every template of the project to `to` (default: the installed version).
 
-    Prints what it does; raises ScaffoldError (exit 1) when conflicts remain. Returns None when
-    there was nothing to do.
+    Prints what it does; raises ScaffoldError (exit 1) when conflicts remain, or before anything
+    changes when a --set answer would delete a file the user changed (unless `force`) or the
+    hooks/ package that hooks added with `scaffold add hook` import. Returns None when there was
+    nothing to do.
     """
     from scaffold.render import cached_bundle
 
@@ -271,16 +332,15 @@ def update_project(
     root = find_project_root(directory).resolve()
     top = git_toplevel(root)
     check_clean(root)
-    plans = plan_update(read_answers_files(root), to, settings)
+    all_answers = read_answers_files(root)
+    plans = plan_update(all_answers, to, settings)
     if not plans:
         return None
     for plan in plans:
+        check_dropped_files(root, plan, all_answers, force)
+    for plan in plans:
         cached_bundle(plan.answers.template, plan.source.bundle)
-        settings_text = ", ".join(
-            f"{key}={str(value).lower() if isinstance(value, bool) else value}"
-            for key, value in plan.data.items()
-            if key != "template_version"
-        )
+        settings_text = plan.settings_text()
         if plan.answers.version == plan.target:
             echo(f"{plan.answers.label}: template {plan.target}, re-rendered with {settings_text}")
         else:

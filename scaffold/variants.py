@@ -29,14 +29,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scaffold.catalog import DATASETS, MODELS
-from scaffold.options import NewProject
+from scaffold.options import NewProject, answer_fields, answer_types, option_name
 
-BOOLEAN_OPTIONS = ("ddp", "vscode", "hooks")
+# The on/off choices of `scaffold new` (ddp, vscode, hooks), from NewProject.
+BOOLEAN_OPTIONS = tuple(name for name, kind in answer_types().items() if kind is bool)
 SUITES = ("full", "focused")
 
 
 @dataclass(frozen=True)
 class Variant:
+    """A variant's choices: a choice NewProject has and this class does not declare takes
+    NewProject's default, so a new `scaffold new` option needs no change here."""
+
     name: str  # also the project name (and the folder name under generated_examples/)
     model: str
     dataset: str = "fake"
@@ -49,30 +53,28 @@ class Variant:
     suite: str = "focused"
     group: int = 1
 
+    def options(self) -> dict[str, object]:
+        """{answer: value} for every choice of `scaffold new`, in NewProject's order."""
+        return {item.name: getattr(self, item.name, item.default) for item in answer_fields()}
+
     def project(self, parent: Path) -> NewProject:
         """The options of `scaffold new PARENT/NAME ...` for this variant."""
-        return NewProject(
-            dest=Path(parent) / self.name,
-            model=self.model,
-            num_classes=self.num_classes,
-            in_channels=self.in_channels,
-            image_size=self.image_size,
-            dataset=self.dataset,
-            ddp=self.ddp,
-            vscode=self.vscode,
-            hooks=self.hooks,
-        )
+        return NewProject(dest=Path(parent) / self.name, **self.options())
 
     def flags(self) -> list[str]:
         """The same choices as `scaffold new` flags (every option spelled out)."""
-        flags = [f"--model={self.model}", f"--dataset={self.dataset}"]
-        flags += [f"--image-size={self.image_size}", f"--in-channels={self.in_channels}"]
-        flags += [f"--num-classes={self.num_classes}"]
-        flags += [f"--{'' if getattr(self, name) else 'no-'}{name}" for name in BOOLEAN_OPTIONS]
+        flags = []
+        for name, value in self.options().items():
+            option = option_name(name)
+            if isinstance(value, bool):
+                flags.append(option if value else f"--no-{option.removeprefix('--')}")
+            else:
+                flags.append(f"{option}={value}")
         return flags
 
     def summary(self, width: int = 0) -> str:
-        features = [name for name in BOOLEAN_OPTIONS if getattr(self, name)] or ["minimal"]
+        options = self.options()
+        features = [name for name in BOOLEAN_OPTIONS if options[name]] or ["minimal"]
         return (
             f"{self.name:<{width}}  {self.model:<18}  {self.dataset:<7}  "
             f"{self.image_size:>3}px {self.in_channels}ch  {'+'.join(features):<16}  "
@@ -140,7 +142,7 @@ def check_coverage(variants: tuple[Variant, ...] = VARIANTS) -> list[str]:
         if dataset not in {variant.dataset for variant in variants}:
             problems.append(f"no variant uses dataset {dataset}")
     for first, second in itertools.combinations(BOOLEAN_OPTIONS, 2):
-        seen = {(getattr(variant, first), getattr(variant, second)) for variant in variants}
+        seen = {(variant.options()[first], variant.options()[second]) for variant in variants}
         for pair in itertools.product((False, True), repeat=2):
             if pair not in seen:
                 problems.append(f"no variant has {first}={pair[0]} with {second}={pair[1]}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from helpers import tree_hash
 
 from scaffold.cli import main
 from scaffold.examples import compare, default_dir, normalise_answers, render_examples, tree
@@ -43,6 +44,7 @@ def test_the_examples_are_the_ones_the_issue_names():
 
 def test_examples_written_elsewhere_check_clean_and_report_an_edit_as_a_diff(tmp_path, capsys):
     target = tmp_path / "examples"
+    target.mkdir()  # an empty folder is as good as none
     assert run_cli("examples", "--into", str(target)) == 0
     assert {path.name for path in target.iterdir()} == {*EXAMPLES, "README.md"}
     assert not list(target.rglob(".git")), "examples are rendered without git"
@@ -67,6 +69,38 @@ def test_examples_written_elsewhere_check_clean_and_report_an_edit_as_a_diff(tmp
 
     assert run_cli("examples", "--into", str(target)) == 0  # regenerating repairs everything
     assert run_cli("examples", "--check", "--into", str(target)) == 0
+
+
+def refusal(capsys, tmp_path, target) -> tuple[int, str]:
+    before = tree_hash(tmp_path)
+    code = run_cli("examples", "--into", str(target))
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1, out + err
+    assert tree_hash(tmp_path) == before
+    return code, err
+
+
+def test_examples_never_replace_a_folder_they_did_not_write(tmp_path, capsys):
+    target = tmp_path / "mine"
+    target.mkdir()
+    (target / "thesis.tex").write_text("two years of work\n")
+    expected = (
+        2,
+        f"error: {target} is not empty and holds no examples written by `scaffold examples` "
+        "(no README.md from it), so it is not replaced: choose another --into DIR\n",
+    )
+    assert refusal(capsys, tmp_path, target) == expected
+    (target / "README.md").write_text("# Generated examples\n\nMy own notes.\n")
+    assert refusal(capsys, tmp_path, target) == expected
+
+
+def test_examples_refuse_a_file_as_the_folder(tmp_path, capsys):
+    target = tmp_path / "examples"
+    target.write_text("a file\n")
+    assert refusal(capsys, tmp_path, target) == (
+        2,
+        f"error: {target} is not a folder: choose another --into DIR\n",
+    )
 
 
 def test_the_readme_command_line_renders_the_same_files(tmp_path):

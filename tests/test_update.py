@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import tree_hash
 
 import scaffold
 from scaffold import release
@@ -38,12 +39,26 @@ IDENTITY = {
     "GIT_COMMITTER_NAME": "Test User",
     "GIT_COMMITTER_EMAIL": "test@example.com",
 }
-LR_V1 = 'args.lr = 0.05 if args.optimizer == "sgd" else 0.001'
-LR_V2 = 'args.lr = 0.1 if args.optimizer == "sgd" else 0.001'
-HELP_V1 = "learning rate (default: 0.05 sgd, 0.001 adamw)"
-HELP_V2 = "learning rate (default: 0.1 sgd, 0.001 adamw)"
-USER_V1 = 'run.add_argument("--log-every", type=int, default=10'
-USER_V2 = 'run.add_argument("--log-every", type=int, default=25'
+
+
+def train_line(pattern: str) -> str:
+    """The one line of the template's train.py matching `pattern`, stripped: found, not spelled
+    here, so that rewording train.py does not break these tests (only removing the setting)."""
+    text = (template_dir("project") / "template" / "train.py.jinja").read_text()
+    found = [line.strip() for line in text.splitlines() if re.search(pattern, line)]
+    assert len(found) == 1, f"train.py.jinja has {len(found)} lines matching {pattern!r}"
+    return found[0]
+
+
+# v1.1.0 changes two lines of train.py (the default learning rate and its --help text); the user
+# changes a third, and in conflicting_project the first.
+LR_V1 = train_line(r"args\.lr = 0\.05 if")
+LR_V2 = LR_V1.replace("0.05", "0.1")
+LR_USER = LR_V1.replace("0.05", "0.02")
+HELP_V1 = train_line(r"help=.*default: 0\.05")
+HELP_V2 = HELP_V1.replace("0.05", "0.1")
+USER_V1 = train_line(r'"--log-every".*default=10\b')
+USER_V2 = USER_V1.replace("default=10", "default=25")
 NEW_TEST = '''"""Added by template v1.1.0."""
 
 import train
@@ -373,9 +388,7 @@ def test_updated_project_tests_pass(updated):
 
 def conflicting_project(tmp_path: Path, history: History, home: Path) -> Path:
     project = new_project(tmp_path, home, history.v1)
-    replace_once(
-        project / "train.py", LR_V1, 'args.lr = 0.02 if args.optimizer == "sgd" else 0.001'
-    )
+    replace_once(project / "train.py", LR_V1, LR_USER)
     commit_all(project, "My learning rate")
     return project
 
@@ -389,7 +402,7 @@ def test_conflict_inline(history, home, tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1
     train = (project / "train.py").read_text()
     assert "<<<<<<< before updating" in train and ">>>>>>> after updating" in train
-    assert "args.lr = 0.02" in train and LR_V2 in train
+    assert LR_USER in train and LR_V2 in train
     assert HELP_V2 in train  # the rest of the update went in
     assert "train.py" in git("diff", "--name-only", "--diff-filter=U", cwd=project)
 
@@ -402,7 +415,7 @@ def test_conflict_rej(history, home, tmp_path):
     assert result.returncode == 1
     assert any(line.split() == ["conflict", "train.py"] for line in result.stdout.splitlines())
     # copier's rej mode: the file takes the template's version, the user's hunk goes to .rej
-    assert "args.lr = 0.02" in (project / "train.py.rej").read_text()
+    assert LR_USER in (project / "train.py.rej").read_text()
     assert LR_V2 in (project / "train.py").read_text()
 
 
@@ -537,6 +550,87 @@ def test_set_ddp_adds_distributed_training(history, home, tmp_path):
         env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+
+# ---- --set that deletes files ---------------------------------------------------------------
+
+
+def dry_run_files(where: Path, env: dict, *flags: str) -> set[str]:
+    """The files `scaffold new proj FLAGS` would write."""
+    where.mkdir(parents=True, exist_ok=True)
+    result = scaffold_cli(
+        "new", "proj", "--model", "lenet", *flags, "--dry-run", cwd=where, env=env
+    )
+    assert result.returncode == 0, result.stderr
+    return {
+        line.split()[-1] for line in result.stdout.splitlines() if line.split()[:1] == ["would"]
+    }
+
+
+def untouched(project: Path) -> tuple:
+    """The project's files, its HEAD and its git status: equal means the command changed nothing."""
+    return (
+        tree_hash(project, ignore=(".git",)),
+        git("rev-parse", "HEAD", cwd=project),
+        status(project),
+    )
+
+
+def test_set_refuses_to_delete_a_changed_file_until_force(history, home, tmp_path):
+    env = environment(home, history.v2)
+    ddp_only = sorted(
+        dry_run_files(tmp_path / "with", env, "--ddp")
+        - dry_run_files(tmp_path / "without", env, "--no-ddp")
+    )
+    assert ddp_only, "the template writes no file only for --ddp: give this test another option"
+    project = new_project(tmp_path, home, history.v2, "--ddp")
+    changed = ddp_only[0]
+    with open(project / changed, "a") as file:
+        file.write("# my change\n")
+    commit_all(project, "My change to a --ddp file")
+    before = untouched(project)
+
+    for flags in ([], ["--dry-run"]):
+        result = scaffold_cli("update", "--set", "ddp=false", *flags, cwd=project, env=env)
+        assert (result.returncode, result.stdout) == (1, "")
+        assert result.stderr == (
+            f"error: --set ddp=false would delete {changed}, which you changed since scaffold "
+            "wrote it: pass --force to delete it anyway\n"
+        )
+        assert untouched(project) == before
+
+    result = scaffold_cli("update", "--set", "ddp=false", "--force", cwd=project, env=env)
+    assert result.returncode == 0, result.stderr
+    lines = [line.split() for line in result.stdout.splitlines()]
+    for name in ddp_only:
+        assert not (project / name).exists(), name
+        assert ["deleted", name] in lines
+    assert answers(project)["ddp"] is False
+
+
+def test_set_hooks_false_refuses_while_added_hooks_import_the_package(home, tmp_path):
+    """Even with --force: the hooks `scaffold add hook` wrote import hooks.base."""
+    env = {**environment(home, tmp_path), "HOME": str(tmp_path / "home")}
+    del env["SCAFFOLD_BUNDLE_DIR"]  # this installation's bundles: they hold the hook template
+    project = tmp_path / "proj"
+    for command in (
+        ["new", "proj", "--model", "lenet", "--hooks"],
+        ["add", "hook", "-C", "proj"],
+        ["add", "hook", "grad_watch", "--kind", "gradients", "-C", "proj"],
+    ):
+        result = scaffold_cli(*command, cwd=tmp_path, env=env)
+        assert result.returncode == 0, result.stderr
+    commit_all(project, "Two hooks of my own")
+    before = untouched(project)
+    for flags in ([], ["--force"]):
+        result = scaffold_cli("update", "--set", "hooks=false", *flags, cwd=project, env=env)
+        assert (result.returncode, result.stdout) == (1, "")
+        assert result.stderr == (
+            "error: --set hooks=false would delete hooks/, which the hooks you added with "
+            "`scaffold add hook` import (grad_watch, my_hook): remove them first (hooks/NAME.py, "
+            "their HOOKS entry and .copier-answers.hook-NAME.yml), or keep hooks on\n"
+        )
+        assert untouched(project) == before
 
 
 # ---- the installation itself ----------------------------------------------------------------
