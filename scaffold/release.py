@@ -40,6 +40,7 @@ from pathlib import Path
 
 BUNDLE_DIR = Path(__file__).resolve().parent / "bundles"
 MANIFEST = "manifest.json"
+RELEASES_FILE = "RELEASES"
 IDENTITY = {
     "GIT_AUTHOR_NAME": "scaffold release",
     "GIT_AUTHOR_EMAIL": "release@scaffold.invalid",
@@ -135,20 +136,52 @@ def template_names(repo: Path) -> list[str]:
     return sorted(p.parent.name for p in root.glob("*/copier.yml")) if root.is_dir() else []
 
 
-def released_tags(repo: Path, version: str) -> list[tuple[str, str]]:
-    """(version, tag) of every `v<PEP 440>` tag up to and including `version`, oldest first."""
+def recorded_releases(repo: Path) -> dict[str, str]:
+    """{version: commit} from the RELEASES file: each release's commit, written down so that a
+    clone without tags (many CI checkouts and mirrors fetch none) still has the history."""
+    path = repo / RELEASES_FILE
+    if not path.is_file():
+        return {}
+    releases = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        words = line.split("#", 1)[0].split()
+        if not words:
+            continue
+        if len(words) != 2:
+            raise ReleaseError(f"{path} line {number}: expected VERSION COMMIT, got {line!r}")
+        releases[words[0]] = words[1]
+    return releases
+
+
+def released_tags(
+    repo: Path, version: str, warn=lambda message: None
+) -> list[tuple[str, str, str]]:
+    """(version, tag, revision) of every release up to and including `version`, oldest first:
+    each `v<PEP 440>` tag, and each release in RELEASES that has no tag here (revision: its
+    commit). A recorded release whose commit this clone lacks is left out, with a warning."""
     from packaging.version import InvalidVersion, Version
 
     current = Version(version)
-    found = []
+    found: dict[str, tuple[Version, str]] = {}
     for tag in _git(["tag", "--list", "v[0-9]*"], cwd=repo).splitlines():
         try:
             parsed = Version(tag[1:])
         except InvalidVersion:
             continue
         if parsed <= current:
-            found.append((parsed, tag))
-    return [(str(parsed), tag) for parsed, tag in sorted(found)]
+            found[tag] = (parsed, tag)
+    for recorded, commit in recorded_releases(repo).items():
+        tag = f"v{recorded}"
+        if tag in found or Version(recorded) > current:
+            continue
+        if _git(["rev-parse", "--verify", "-q", f"{commit}^{{commit}}"], cwd=repo, check=False):
+            found[tag] = (Version(recorded), commit)
+        else:
+            warn(
+                f"RELEASES names {commit} for {tag}, which this clone lacks (git fetch --unshallow)"
+            )
+    ordered = sorted(found.items(), key=lambda item: item[1][0])
+    return [(str(parsed), tag, revision) for tag, (parsed, revision) in ordered]
 
 
 # -- building -----------------------------------------------------------------------------------
@@ -171,8 +204,8 @@ def build_bundles(repo: Path, out: Path = BUNDLE_DIR, *, release: bool = False, 
         if release:
             raise ReleaseError(message + " (git fetch --unshallow --tags)")
         warn(message)
-    tags = released_tags(repo, version)
-    if release and tag not in {t for _, t in tags}:
+    tags = released_tags(repo, version, warn)
+    if release and tag not in {t for _, t, _ in tags}:
         raise ReleaseError(f"{tag} is not tagged: commit the release, `git tag {tag}`, build again")
     if release:
         check_version_defaults(repo, names, version)
@@ -204,9 +237,9 @@ def build_bundles(repo: Path, out: Path = BUNDLE_DIR, *, release: bool = False, 
                 ["write-tree", f"--prefix=templates/{name}/"], cwd=repo, env=private
             )
             history = []  # (version, tag, tree, date)
-            for past_version, past_tag in tags:
+            for past_version, past_tag, revision in tags:
                 tree = _git(
-                    ["rev-parse", "--verify", "-q", f"{past_tag}^{{commit}}:templates/{name}"],
+                    ["rev-parse", "--verify", "-q", f"{revision}^{{commit}}:templates/{name}"],
                     cwd=repo,
                     check=False,
                 )
@@ -222,9 +255,10 @@ def build_bundles(repo: Path, out: Path = BUNDLE_DIR, *, release: bool = False, 
                             raise ReleaseError(message)
                         warn(message + f"; bundling the working tree as {tag}")
                     continue
-                history.append((past_version, past_tag, tree, _commit_date(repo, past_tag)))
+                history.append((past_version, past_tag, tree, _commit_date(repo, revision)))
             released_date = next(
-                (_commit_date(repo, t) for v, t in tags if t == tag), worktree_date
+                (_commit_date(repo, revision) for _, t, revision in tags if t == tag),
+                worktree_date,
             )
             history.append((version, tag, current_tree, released_date))
 

@@ -35,8 +35,8 @@ EXTRA = {"Train: resume last": ["--max-steps", "4"]}
 # What each run must print, beyond exiting 0.
 EVIDENCE = {
     "Train": "epoch 1: train_loss",
-    "Train: resume last": "resumed from runs/train/last.pt at epoch 0, step 2",
-    "Fine-tune from checkpoint": "init-from runs/train/best.pt: loaded",
+    "Train: resume last": "resumed from runs/debug/last.pt at epoch 0, step 2\n",
+    "Fine-tune from checkpoint": "init-from runs/debug/best.pt: loaded",
     "Evaluate": '"val_acc"',
     TORCHRUN_NAME: "epoch 1: train_loss",
     PYTEST_NAME: "1 passed",
@@ -203,7 +203,7 @@ def test_every_configuration_runs(projects, ddp):
 
     assert started | shared == set(configs)
     if not ddp:
-        lines = (project / "runs/finetune/metrics.jsonl").read_text().splitlines()
+        lines = (project / "runs/debug-finetune/metrics.jsonl").read_text().splitlines()
         assert json.loads(lines[-1])["step"] == 2
 
 

@@ -651,3 +651,78 @@ def test_installation_carries_its_template_history(tmp_path, monkeypatch):
         "bundle", "list-heads", str(source.bundle), cwd=tmp_path
     )
     assert source.folder_is_release
+
+
+# ---- the real upgrade: a 0.1.0 project to this template ---------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+OPTIMIZER_LINE = (
+    "        return torch.optim.AdamW(groups, lr=args.lr, weight_decay=args.weight_decay)\n"
+)
+LOOP_LINE = "            epoch_loss += loss.detach()\n"  # 0.1.0's loop, rewritten in 0.2.0
+
+
+@pytest.fixture(scope="module")
+def releases(tmp_path_factory) -> History:
+    """Bundles of the 0.1.0 release (its commit, from RELEASES) and of this checkout."""
+    commit = release.recorded_releases(ROOT)["0.1.0"]
+    probe = subprocess.run(["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=ROOT)
+    if probe.returncode:
+        pytest.skip(f"this clone lacks the 0.1.0 release commit {commit}: git fetch --unshallow")
+    base = tmp_path_factory.mktemp("releases")
+    old = base / "scaffold-0.1.0"
+    old.mkdir()
+    archive = subprocess.run(["git", "archive", commit], cwd=ROOT, capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(old)], input=archive.stdout, check=True)
+    git("init", "--quiet", cwd=old)
+    git("add", "--all", cwd=old)
+    git("commit", "--quiet", "-m", "Release 0.1.0", cwd=old)
+    git("tag", "v0.1.0", cwd=old)
+    build_bundles(old, base / "v0.1.0")
+    manifest = release.build_bundles(ROOT, base / "current", warn=lambda message: None)
+    assert manifest["templates"]["project"]["versions"][0] == "0.1.0"
+    return History(ROOT, base / "v0.1.0", base / "current")
+
+
+def project_of_0_1_0(tmp_path: Path, home: Path, releases: History, old: str, new: str) -> Path:
+    project = new_project(tmp_path, home, releases.v1)
+    assert answers(project)["_commit"] == "v0.1.0"
+    replace_once(project / "train.py", old, new)
+    commit_all(project, "My change")
+    return project
+
+
+def test_a_0_1_0_project_updates_and_keeps_an_edit_where_train_py_did_not_move(
+    releases, home, tmp_path
+):
+    edited = OPTIMIZER_LINE.replace("lr=args.lr,", "lr=args.lr, betas=(0.9, 0.95),")
+    project = project_of_0_1_0(tmp_path, home, releases, OPTIMIZER_LINE, edited)
+    result = scaffold_cli("update", cwd=project, env=environment(home, releases.v2))
+    assert result.returncode == 0, result.stderr
+    assert "project: template 0.1.0 -> 0.2.0" in result.stdout
+    assert "created  distributed.py" in result.stdout and "conflict" not in result.stdout
+    train = (project / "train.py").read_text()
+    assert edited in train and "<<<<<<<" not in train
+    assert "def train_one_epoch(" in train and answers(project)["_commit"] == "v0.2.0"
+    run = subprocess.run(
+        [sys.executable, "train.py", "--max-steps=2", "--epochs=1", "--workers=0", "--device=cpu"]
+        + ["--fake-size=16", "--batch-size=8", "--optimizer=adamw", "--output-dir=run"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr
+    assert (project / "run" / "last.pt").is_file()
+
+
+def test_an_edit_where_train_py_moved_gives_conflict_markers_and_exit_1(releases, home, tmp_path):
+    edited = LOOP_LINE.replace("\n", "  # my change\n")
+    project = project_of_0_1_0(tmp_path, home, releases, LOOP_LINE, edited)
+    result = scaffold_cli("update", cwd=project, env=environment(home, releases.v2))
+    assert result.returncode == 1
+    assert result.stderr == (
+        "error: conflicts in train.py: resolve the <<<<<<< markers, then commit\n"
+    )
+    train = (project / "train.py").read_text()
+    assert "<<<<<<< before updating" in train and ">>>>>>> after updating" in train
+    assert edited in train, "the user's line is kept, inside the markers"

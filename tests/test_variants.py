@@ -25,7 +25,9 @@ import re
 import signal
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 import yaml
@@ -42,12 +44,16 @@ SELECTED = [variant for variant in VARIANTS if not GROUP or str(variant.group) =
 ALWAYS = (
     ".copier-answers.yml",
     ".gitignore",
+    "CHANGELOG.md",
     "README.md",
     "checkpoint.py",
     "dataset.py",
+    "distributed.py",
+    "loggers.py",
     "model.py",
     "plot.py",
     "pyproject.toml",
+    "runs.py",
     "summary.py",
     "train.py",
     "tests/conftest.py",
@@ -55,12 +61,12 @@ ALWAYS = (
     "tests/test_data.py",
     "tests/test_model.py",
     "tests/test_plot.py",
+    "tests/test_runs.py",
     "tests/test_summary.py",
     "tests/test_train.py",
 )
 FILES_BY_OPTION = {
     "ddp": (
-        "distributed.py",
         "scripts/slurm.sbatch",
         "scripts/train_ddp.sh",
         "tests/test_cuda_ddp.py",
@@ -84,6 +90,7 @@ FOCUSED = {
     "always": (
         "tests/test_model.py::test_output_has_one_logit_per_class",
         "tests/test_model.py::test_first_loss_is_near_ln_num_classes",
+        "tests/test_model.py::test_every_layer_gets_gradient_on_the_first_step",
         "tests/test_train.py::test_smoke_run_logs_metrics_and_writes_checkpoints",
         "tests/test_cuda.py",
     ),
@@ -281,9 +288,50 @@ def generated_pytest(tmp_path: Path, *args: str) -> list[str]:
         "-p",
         "no:cacheprovider",
         f"--basetemp={tmp_path / 'pytest'}",
+        f"--junitxml={tmp_path / 'report.xml'}",
         "--durations=5",
         *args,
     ]
+
+
+# Why a generated test may skip: anything else (a test that skips for no good reason, or a suite
+# that skips everything) fails the run. On a machine with a GPU, other reasons apply.
+CPU_SKIPS = {"no CUDA device", "this project has no hooks/ package"}
+GPU_SKIPS = {"this machine has a CUDA device", "needs 2 CUDA devices, this machine has 1"}
+MIN_PASSED = {"full": 100, "focused": 5}  # a full suite has 140 or more tests
+
+
+@dataclass
+class Outcomes:
+    passed: list[str]
+    skipped: dict[str, str]  # test -> reason
+    failed: list[str]
+
+
+def read_report(report: Path) -> Outcomes:
+    """What happened to each test of a generated suite, from pytest's JUnit XML report."""
+    outcomes = Outcomes([], {}, [])
+    for case in ElementTree.parse(report).iter("testcase"):
+        name = f"{case.get('classname')}::{case.get('name')}"
+        skipped = case.find("skipped")
+        if case.find("failure") is not None or case.find("error") is not None:
+            outcomes.failed.append(name)
+        elif skipped is not None:
+            outcomes.skipped[name] = skipped.get("message", "").removeprefix("Skipped: ")
+        else:
+            outcomes.passed.append(name)
+    return outcomes
+
+
+def check_outcomes(report: Path, allowed_skips: set[str], min_passed: int, output: str) -> None:
+    outcomes = read_report(report)
+    assert not outcomes.failed, f"failed: {outcomes.failed}\n{output[-8000:]}"
+    unexpected = {name: why for name, why in outcomes.skipped.items() if why not in allowed_skips}
+    assert not unexpected, f"skipped without a reason allowed here: {unexpected}"
+    assert len(outcomes.passed) >= min_passed, (
+        f"only {len(outcomes.passed)} tests passed (at least {min_passed} expected):\n"
+        f"{output[-3000:]}"
+    )
 
 
 def slow_variant(variant: Variant):
@@ -305,6 +353,7 @@ def test_the_generated_test_suite_passes_on_cpu(tmp_path, variant):
             f"FOCUSED names a test that does not exist (rename it there):\n{output[-3000:]}"
         )
     assert code == 0, f"{variant.suite} suite of {variant.name} failed:\n{output[-8000:]}"
+    check_outcomes(tmp_path / "report.xml", CPU_SKIPS, MIN_PASSED[variant.suite], output)
     print(output[-1500:])  # shown with -rP: the slowest generated tests
 
 
@@ -356,6 +405,7 @@ def test_the_generated_cuda_tests_pass_on_the_gpu(tmp_path, variant, request):
     command = generated_pytest(tmp_path, "-m", "cuda")
     code, output = run_in_project(command, project, SUITE_TIMEOUT, env={"REQUIRE_CUDA": "1"})
     assert code == 0, f"CUDA tests of {variant.name} failed:\n{output[-8000:]}"
+    check_outcomes(tmp_path / "report.xml", GPU_SKIPS, 2, output)
     print(output[-1500:])
 
 

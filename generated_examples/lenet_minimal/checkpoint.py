@@ -1,4 +1,11 @@
-"""Checkpoints: atomic saves, safe loading, finding the one to resume from, fine-tuning weights."""
+"""Checkpoints: the whole training state saved and restored in one place, atomic writes, safe
+loading, finding the one to resume from, and fine-tuning weights.
+
+A checkpoint is a dict: one entry per stateful object of the run (model, optimizer, scheduler,
+scaler, progress, log: whatever train.py hands to Checkpointer), `rng_per_rank` (every process's
+random number generators) and metadata (`args`, `template_version`, `class_names`). It loads with
+`torch.load(path, weights_only=True)`: tensors and plain data only.
+"""
 
 import glob
 import os
@@ -9,14 +16,60 @@ import sys
 import torch
 from torch import nn
 
+import distributed
+
 LAST = "last.pt"
 BEST = "best.pt"
 STEP_PATTERN = "step_*.pt"
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # added by DistributedDataParallel and torch.compile
+IDENTITY_OPTIONS = ("model", "num_classes", "in_channels")  # a checkpoint fits only these
 
 
 class CheckpointError(Exception):
     """A checkpoint that cannot be written or used; the message names the file."""
+
+
+class Checkpointer:
+    """Saves `objects` (name -> anything with state_dict() and load_state_dict()) into
+    `output_dir`, and restores them; every process calls both, only rank 0 writes.
+
+    Pass the plain model, not the DDP or torch.compile wrapper, so that checkpoints load the same
+    way in one process or many.
+    """
+
+    def __init__(self, output_dir: str, objects: dict, metadata: dict, keep_last: int = 3):
+        self.output_dir = output_dir
+        self.objects = objects
+        self.metadata = metadata
+        self.keep_last = keep_last
+
+    def state(self) -> dict:
+        """The checkpoint as a dict (a collective under torchrun: every process calls it)."""
+        state = {name: value.state_dict() for name, value in self.objects.items()}
+        state["rng_per_rank"] = distributed.all_gather_object(rng_state())
+        return {**state, **self.metadata}
+
+    def save(self, name: str, aliases: tuple[str, ...] = ()) -> str:
+        """Write OUTPUT_DIR/name and point each alias (last.pt, best.pt) at it; return its path."""
+        state = self.state()
+        path = os.path.join(self.output_dir, name)
+        if distributed.is_main_process():
+            save_checkpoint(state, path)
+            for alias in aliases:
+                publish(path, os.path.join(self.output_dir, alias))
+            prune_step_checkpoints(self.output_dir, self.keep_last)
+        distributed.barrier()
+        return path
+
+    def restore(self, state: dict, path: str) -> None:
+        """Load every object from `state` (read from `path`), random number generators last."""
+        check_compatible(state, path, self.metadata["args"])
+        load_weights(self.objects["model"], state, path)
+        for name, value in self.objects.items():
+            # An empty state (a disabled GradScaler's) leaves the object as it was built.
+            if name != "model" and state.get(name):
+                value.load_state_dict(state[name])
+        restore_rng_state(state, distributed.get_rank(), distributed.get_world_size())
 
 
 def save_checkpoint(state: dict, path: str) -> None:
@@ -29,15 +82,23 @@ def save_checkpoint(state: dict, path: str) -> None:
             os.fsync(file.fileno())
         os.replace(temporary, path)
         sync_directory(os.path.dirname(path))
-    except OSError as error:
+    except BaseException as error:
         remove_quietly(temporary)
+        cause = os_error_in(error)
+        if cause is None:
+            raise
         raise CheckpointError(
-            f"could not save checkpoint {path}: {error.strerror or error}; "
+            f"could not save checkpoint {path}: {cause.strerror or cause}; "
             "the previous checkpoint is intact"
         ) from None
-    except BaseException:
-        remove_quietly(temporary)
-        raise
+
+
+def os_error_in(error: BaseException) -> OSError | None:
+    """The OSError behind `error` (torch.save reports a full disk as a RuntimeError raised
+    while it handles the OSError), or None."""
+    while error is not None and not isinstance(error, OSError):
+        error = error.__cause__ or error.__context__
+    return error
 
 
 def publish(source: str, path: str) -> None:
@@ -76,20 +137,28 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         if "weights_only" in str(error) or "Unsupported global" in str(error):
             reason = "it holds objects other than tensors and plain data; refusing to unpickle it"
         raise CheckpointError(f"cannot load checkpoint {path}: {reason}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a checkpoint dict")
+    return state
+
+
+def checkpoints_in(directory: str) -> list[str]:
+    """The checkpoints in `directory`, newest first."""
+    paths = glob.glob(os.path.join(directory, LAST)) + glob.glob(
+        os.path.join(directory, STEP_PATTERN)
+    )
+    return sorted(paths, key=os.path.getmtime, reverse=True)
 
 
 def find_resume_checkpoint(directory: str) -> tuple[str, dict] | None:
     """The newest loadable checkpoint in `directory`, skipping broken ones with a warning."""
-    candidates = glob.glob(os.path.join(directory, LAST)) + glob.glob(
-        os.path.join(directory, STEP_PATTERN)
-    )
-    for path in sorted(candidates, key=os.path.getmtime, reverse=True):
+    for path in checkpoints_in(directory):
         try:
             return path, load_checkpoint(path)
         except CheckpointError as error:
@@ -106,35 +175,50 @@ def strip_wrapper_prefixes(state_dict: dict) -> dict:
     return stripped
 
 
-def check_compatible(model: nn.Module, state: dict, path: str, args: dict) -> None:
-    """Refuse a checkpoint of another model or class count with a message naming the difference."""
+def check_compatible(state: dict, path: str, args: dict) -> None:
+    """Refuse a checkpoint of another model, class count or channel count, naming both."""
+    if not isinstance(state.get("model"), dict):
+        raise CheckpointError(f"{path} holds no model weights (no 'model' entry)")
     saved = state.get("args", {})
-    for option in ("model", "num_classes", "in_channels"):
+    for option in IDENTITY_OPTIONS:
         if option in saved and saved[option] != args[option]:
             raise CheckpointError(
                 f"{path} was saved with --{option.replace('_', '-')} {saved[option]}, this run "
-                f"uses {args[option]}: resume with the same options, or fine-tune with --init-from"
+                f"uses {args[option]}: pass the same option, or fine-tune with --init-from"
             )
+
+
+def load_weights(model: nn.Module, state: dict, path: str) -> None:
+    """Load a checkpoint's model weights into `model`, all of them, with shapes that fit."""
+    weights = strip_wrapper_prefixes(state["model"])
     expected = model.state_dict()
-    mismatched = [
-        key
-        for key, value in state["model"].items()
-        if key not in expected or expected[key].shape != value.shape
-    ]
-    missing = [key for key in expected if key not in state["model"]]
-    if mismatched or missing:
-        names = ", ".join((mismatched + missing)[:5])
+    misfits = [k for k, v in weights.items() if k not in expected or expected[k].shape != v.shape]
+    missing = [key for key in expected if key not in weights]
+    if misfits or missing:
+        names = ", ".join((misfits + missing)[:5])
         raise CheckpointError(f"{path} does not fit this model (differs at {names})")
+    model.load_state_dict(weights)
 
 
-def init_from(model: nn.Module, path: str) -> str:
+def init_from(model: nn.Module, path: str, model_name: str) -> str:
     """Load every tensor of `path` that fits `model`; return one line naming what was skipped."""
     state = load_checkpoint(path)
+    saved_model = state.get("args", {}).get("model")
+    if saved_model is not None and saved_model != model_name:
+        raise CheckpointError(
+            f"{path} holds a {saved_model} model, this run builds {model_name}: "
+            f"pass --model {saved_model}, or a checkpoint of {model_name}"
+        )
     if isinstance(state.get("model"), dict):
         state = state["model"]
     state = strip_wrapper_prefixes(state)
     expected = model.state_dict()
     loadable = {k: v for k, v in state.items() if k in expected and expected[k].shape == v.shape}
+    if not loadable:
+        raise CheckpointError(
+            f"no tensor of {path} fits {model_name} (no name and shape in common): "
+            "is it a checkpoint of this model?"
+        )
     shape_mismatch = sorted(k for k in state if k in expected and k not in loadable)
     unexpected = sorted(k for k in state if k not in expected)
     missing = sorted(k for k in expected if k not in state)
@@ -148,6 +232,7 @@ def init_from(model: nn.Module, path: str) -> str:
 
 
 def rng_state() -> dict:
+    """This process's random number generators: Python's, torch's (CPU and CUDA), NumPy's."""
     state = {"python": random.getstate(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -160,7 +245,11 @@ def rng_state() -> dict:
     return state
 
 
-def restore_rng_state(state: dict) -> None:
+def restore_rng_state(checkpoint: dict, rank: int, world_size: int) -> None:
+    """Each process continues its own random streams; saved by another number of processes,
+    each starts a new stream from rank 0's, so that the processes still differ."""
+    per_rank = checkpoint["rng_per_rank"]
+    state = per_rank[rank] if len(per_rank) == world_size else per_rank[0]
     random.setstate(state["python"])
     torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
@@ -171,3 +260,7 @@ def restore_rng_state(state: dict) -> None:
         kind, keys, position, has_gauss, cached_gauss = state["numpy"]
         keys = numpy.array(keys, dtype=numpy.uint32)
         numpy.random.set_state((kind, keys, position, has_gauss, cached_gauss))
+    if len(per_rank) != world_size and rank:
+        seed = random.getrandbits(32) + rank
+        random.seed(seed)
+        torch.manual_seed(seed)

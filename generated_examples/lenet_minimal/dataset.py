@@ -1,4 +1,10 @@
-"""Datasets, transforms, the resumable sampler and the DataLoader."""
+"""Datasets, the image pipeline, the resumable sampler and the DataLoader.
+
+Images travel as uint8 tensors (channels, height, width) at --image-size and --in-channels:
+`image_transform` decodes and resizes one image at a time (in the DataLoader's workers), and
+`Preprocess` augments and normalizes a whole batch at a time on the training device. Preprocess
+is the one definition of what the model sees; train.py, predict.py and export.py all use it.
+"""
 
 import math
 import os
@@ -10,6 +16,10 @@ from torch.utils.data import DataLoader, Dataset, Sampler, random_split
 from torchvision import datasets, transforms
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from runs import ignore_stop_signals
+
+MEAN, STD = 0.5, 0.5  # of every channel, for pixel values scaled to [0, 1]
+
 
 class DatasetError(Exception):
     """A dataset that cannot be used as asked; the message says what to do."""
@@ -18,7 +28,9 @@ class DatasetError(Exception):
 class InMemoryImages(Dataset):
     """An example Dataset: images and labels held in tensors. Copy it for your own data.
 
-    A Dataset needs only `__len__` and `__getitem__(index) -> (image, label)`.
+    A Dataset needs only `__len__` and `__getitem__(index) -> (image, label)`. Return uint8
+    images (channels, height, width), as the built-in datasets do, and train.py augments and
+    normalizes them on the device; float images are taken as already normalized.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform=None):
@@ -38,20 +50,57 @@ class InMemoryImages(Dataset):
         return image, int(self.labels[index])
 
 
-def build_transform(native_channels: int | None, in_channels: int, image_size: int, augment: bool):
-    """Resize, convert channels and normalize; native_channels None: images are already right."""
+def image_transform(native_channels: int | None, in_channels: int, image_size: int):
+    """PIL image -> uint8 tensor (in_channels, image_size, image_size): the short side resized,
+    the centre cropped, the channels converted. native_channels None: images are already so."""
     steps = []
     if native_channels is not None:
         steps += [transforms.Resize(image_size), transforms.CenterCrop(image_size)]
         if in_channels != native_channels:
             steps.append(transforms.Grayscale(num_output_channels=in_channels))
-    if augment:
-        steps += [
-            transforms.RandomCrop(image_size, padding=image_size // 8),
-            transforms.RandomHorizontalFlip(),
-        ]
-    steps += [transforms.ToTensor(), transforms.Normalize([0.5] * in_channels, [0.5] * in_channels)]
+    steps.append(transforms.PILToTensor())
     return transforms.Compose(steps)
+
+
+class Preprocess:
+    """A batch of uint8 images on the training device -> what the model takes: random crops with
+    padding and horizontal flips when augmenting, floats normalized by MEAN and STD, and the
+    channels-last memory format when asked.
+
+    The random draws come from the device's default generator, whose state every checkpoint
+    holds, so a resumed run augments exactly as an uninterrupted one, whatever --workers.
+    Batches that are not uint8 (a dataset of your own that normalizes itself) pass unchanged.
+    """
+
+    def __init__(self, augment: bool = False, padding: int = 0, channels_last: bool = False):
+        self.augment = augment
+        self.padding = padding
+        self.channels_last = channels_last
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if images.dtype != torch.uint8:
+            return images
+        if self.augment:
+            images = random_crop_and_flip(images, self.padding)
+        images = images.float().mul_(1 / (255 * STD)).sub_(MEAN / STD)
+        if self.channels_last and images.dim() == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images
+
+
+def random_crop_and_flip(images: torch.Tensor, padding: int) -> torch.Tensor:
+    """torchvision's RandomCrop(size, padding) then RandomHorizontalFlip, for a whole batch:
+    each image gets its own crop offset and coin flip, in a few batched operations."""
+    count, _, height, width = images.shape
+    device = images.device
+    padded = torch.nn.functional.pad(images, [padding] * 4).permute(0, 2, 3, 1)
+    offsets = torch.randint(0, 2 * padding + 1, (2, count, 1), device=device)
+    rows = offsets[0] + torch.arange(height, device=device)
+    columns = offsets[1] + torch.arange(width, device=device)
+    flipped = torch.rand(count, 1, device=device) < 0.5
+    columns = torch.where(flipped, columns.flip(1), columns)
+    batch = torch.arange(count, device=device)[:, None, None]
+    return padded[batch, rows[:, :, None], columns[:, None, :]].permute(0, 3, 1, 2)
 
 
 def fake_datasets(args, train_transform, val_transform):
@@ -86,8 +135,8 @@ def folder_datasets(args, train_transform, val_transform):
             val_size = max(len(full) // 10, 1)
             generator = torch.Generator().manual_seed(args.seed)
             train_part, val_part = random_split(full, [len(full) - val_size, val_size], generator)
-            train = TransformedSubset(train_part, train_transform)
-            val = TransformedSubset(val_part, val_transform)
+            train = TransformedSubset(train_part, train_transform, full.classes)
+            val = TransformedSubset(val_part, val_transform, full.classes)
             classes = full.classes
     except FileNotFoundError as error:
         raise DatasetError(f"{data_dir}: {error}") from None
@@ -122,11 +171,12 @@ def image_checker(skip_bad_images: bool):
 
 
 class TransformedSubset(Dataset):
-    """A subset of an untransformed dataset with its own transform (train and val differ)."""
+    """A subset of an untransformed dataset with its own transform, and its classes."""
 
-    def __init__(self, subset, transform):
+    def __init__(self, subset, transform, classes):
         self.subset = subset
         self.transform = transform
+        self.classes = classes
 
     def __len__(self) -> int:
         return len(self.subset)
@@ -174,18 +224,29 @@ DATASETS = {
 NATIVE_CHANNELS = {"fake": None, "mnist": 1}
 
 
+def dataset_channels_problem(dataset: str, in_channels: int) -> str | None:
+    """Why --dataset cannot give images of `in_channels` channels, or None when it can."""
+    native = NATIVE_CHANNELS.get(dataset, 3)
+    if native is not None and in_channels not in (1, 3, native):
+        return f"--dataset {dataset} gives 1- or 3-channel images, not {in_channels}-channel ones"
+    return None
+
+
 def build_datasets(args) -> tuple[Dataset, Dataset]:
-    """The training and validation sets of --dataset, transformed for --image-size and channels."""
+    """The training and validation sets of --dataset, as uint8 images of --image-size."""
     if args.dataset not in DATASETS:
         raise DatasetError(
             f"unknown dataset {args.dataset!r}; choose one of: {', '.join(DATASETS)}"
         )
     native_channels = NATIVE_CHANNELS.get(args.dataset, 3)
-    train_transform = build_transform(
-        native_channels, args.in_channels, args.image_size, args.augment
-    )
-    val_transform = build_transform(native_channels, args.in_channels, args.image_size, False)
-    return DATASETS[args.dataset](args, train_transform, val_transform)
+    transform = image_transform(native_channels, args.in_channels, args.image_size)
+    return DATASETS[args.dataset](args, transform, transform)
+
+
+def class_names(dataset: Dataset) -> list[str] | None:
+    """The names of the classes, in label order, where the dataset knows them (not FakeData)."""
+    names = getattr(dataset, "classes", None)
+    return [str(name) for name in names] if names is not None else None
 
 
 class ShardedSampler(Sampler[int]):
@@ -240,6 +301,7 @@ def build_loader(dataset, sampler, batch_size, workers, pin_memory, seed):
         num_workers=workers,
         pin_memory=pin_memory,
         persistent_workers=workers > 0,
+        worker_init_fn=ignore_stop_signals,
         # Its own generator: otherwise each new iterator draws from the global RNG and a resumed
         # run would see different random numbers than an uninterrupted one.
         generator=torch.Generator().manual_seed(seed),

@@ -1,4 +1,12 @@
-"""Train lenet_minimal. `python train.py --help` lists every option."""
+"""Train lenet_minimal: `python train.py --help` lists every option.
+
+One process: `python train.py ...`. Several, on CPUs or GPUs of one or many machines:
+`torchrun --standalone --nproc-per-node 2 train.py ...` (distributed.py decides at start-up).
+
+main() parses the options and dispatches to fit() (training), evaluate_checkpoint() (--eval-only)
+or show_summary() (--summary). fit() builds everything, restores a checkpoint when resuming, and
+alternates train_one_epoch() and evaluate(); a Checkpointer saves the whole training state.
+"""
 
 import argparse
 import functools
@@ -8,107 +16,629 @@ import os
 import random
 import sys
 import time
+from contextlib import nullcontext
+from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 import checkpoint
-from dataset import DATASETS, DatasetError, ShardedSampler, build_datasets, build_loader
-from model import HEADS, MODEL_NAMES, build_model, download_weights, freeze, set_train_mode
+import distributed
+import runs
+from dataset import (
+    DATASETS,
+    DatasetError,
+    Preprocess,
+    ShardedSampler,
+    build_datasets,
+    build_loader,
+    class_names,
+    dataset_channels_problem,
+)
+from loggers import TRACKERS, LoggerError, RunLog
+from model import (
+    HEADS,
+    MODEL_NAMES,
+    build_model,
+    download_weights,
+    freeze,
+    model_image_size_problem,
+    set_train_mode,
+)
 from summary import count_parameters, format_short, format_summary, summarize
 
-TEMPLATE_VERSION = "0.1.0"
+TEMPLATE_VERSION = "0.2.0"
 
 
 class ConfigError(Exception):
     """Options that cannot work together; the message says which."""
 
 
+USER_ERRORS = (
+    ConfigError,
+    DatasetError,
+    LoggerError,
+    checkpoint.CheckpointError,
+    distributed.SetupError,
+    runs.RunDirError,
+    FloatingPointError,
+    OSError,
+)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's default in --help, unless it has none to show (None, or an off switch)."""
+
+    def _get_help_string(self, action) -> str:
+        if action.default is None or action.default is False:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, where a bad option is one line: what is wrong and where the options are listed
+    (the full usage stays in --help)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see python train.py --help)\n")
+
+
+def count(minimum: int):
+    """An argparse type: a whole number of at least `minimum`."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def real(low: float, high: float = math.inf, low_inclusive: bool = True):
+    """An argparse type: a finite number from `low` (included or not) up to `high` (excluded)."""
+    bounds = f"{'at least' if low_inclusive else 'above'} {low:g}"
+    if high < math.inf:
+        bounds += f" and below {high:g}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        too_low = value < low if low_inclusive else value <= low
+        if not math.isfinite(value) or too_low or value >= high:
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {text}")
+        return value
+
+    return parse
+
+
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    parser = Parser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=HelpFormatter,
     )
     data = parser.add_argument_group("data")
-    data.add_argument("--dataset", default="fake", choices=list(DATASETS))
+    data.add_argument(
+        "--dataset",
+        default="fake",
+        choices=list(DATASETS),
+        help="where the images come from",
+    )
     data.add_argument("--data-dir", default="data", help="dataset root (folder, cifar10, mnist)")
     data.add_argument("--download", action="store_true", help="allow downloading data and weights")
-    data.add_argument("--fake-size", type=int, default=512, help="training samples of 'fake'")
-    data.add_argument("--num-classes", type=int, default=10)
-    data.add_argument("--in-channels", type=int, default=3)
-    data.add_argument("--image-size", type=int, default=32)
+    data.add_argument("--fake-size", type=count(1), default=512, help="training samples of 'fake'")
+    data.add_argument("--num-classes", type=count(2), default=10, help="classes")
+    data.add_argument("--in-channels", type=count(1), default=3, help="channels")
+    data.add_argument("--image-size", type=count(1), default=32, help="in pixels")
     data.add_argument("--augment", action="store_true", help="random crops and flips")
     data.add_argument(
         "--skip-bad-images", action="store_true", help="skip unreadable images instead of stopping"
     )
-    data.add_argument("--batch-size", type=int, default=32, help="per process")
-    data.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    data.add_argument("--batch-size", type=count(1), default=32, help="per process")
+    data.add_argument("--workers", type=count(0), default=2, help="DataLoader worker processes")
 
     model = parser.add_argument_group("model and fine-tuning")
-    model.add_argument("--model", default="lenet", choices=MODEL_NAMES)
+    model.add_argument(
+        "--model",
+        default="lenet",
+        choices=MODEL_NAMES,
+        help="the network to train",
+    )
     model.add_argument("--weights", help="torchvision pretrained weights: DEFAULT or a name")
     model.add_argument("--init-from", help="start from this checkpoint or state_dict file")
     model.add_argument("--freeze", default="none", help="none, backbone, or parameter-name globs")
     model.add_argument(
-        "--backbone-lr-mult", type=float, help="backbone lr = lr * X (head keeps --lr; 0 freezes)"
+        "--backbone-lr-mult",
+        type=real(0),
+        help="backbone lr = lr * X (head keeps --lr; 0 freezes)",
     )
     model.add_argument(
         "--summary", action="store_true", help="print every layer's shape and parameters, then exit"
     )
 
     optim = parser.add_argument_group("optimization")
-    optim.add_argument("--epochs", type=int, default=10)
-    optim.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
-    optim.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"])
-    optim.add_argument("--lr", type=float, help="learning rate (default: 0.05 sgd, 0.001 adamw)")
-    optim.add_argument("--momentum", type=float, default=0.9)
-    optim.add_argument("--weight-decay", type=float, default=1e-4)
+    optim.add_argument("--epochs", type=count(1), default=10, help="passes over the data")
+    optim.add_argument("--max-steps", type=count(1), help="stop after this many optimizer steps")
+    optim.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"], help="update rule")
     optim.add_argument(
-        "--lr-scheduler", default="cosine", choices=["cosine", "step", "onecycle", "none"]
+        "--lr", type=real(0, low_inclusive=False), help="default: 0.05 for sgd, 0.001 for adamw"
     )
-    optim.add_argument("--lr-step-epochs", type=int, default=30, help="period of 'step'")
-    optim.add_argument("--lr-gamma", type=float, default=0.1, help="decay of 'step'")
-    optim.add_argument("--warmup-epochs", type=float, default=0.0)
-    optim.add_argument("--grad-accum-steps", type=int, default=1)
-    optim.add_argument("--clip-grad-norm", type=float, help="clip the gradient norm to this")
+    optim.add_argument("--momentum", type=real(0, 1), default=0.9, help="SGD momentum")
+    optim.add_argument("--weight-decay", type=real(0), default=1e-4, help="L2 penalty")
+    optim.add_argument(
+        "--lr-scheduler",
+        default="cosine",
+        choices=["cosine", "step", "onecycle", "none"],
+        help="learning rate over the run",
+    )
+    optim.add_argument("--lr-step-epochs", type=count(1), default=30, help="period of 'step'")
+    optim.add_argument(
+        "--lr-gamma", type=real(0, low_inclusive=False), default=0.1, help="decay of 'step'"
+    )
+    optim.add_argument(
+        "--warmup-epochs", type=real(0), default=0.0, help="linear warm-up, in epochs"
+    )
+    optim.add_argument(
+        "--grad-accum-steps", type=count(1), default=1, help="micro-batches per optimizer step"
+    )
+    optim.add_argument(
+        "--clip-grad-norm", type=real(0, low_inclusive=False), help="clip the gradient norm to this"
+    )
 
     run = parser.add_argument_group("run")
-    run.add_argument("--output-dir", default="runs/train")
-    run.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--output-dir", help="default: a new folder under runs/ for every run")
+    run.add_argument("--overwrite", action="store_true", help="replace the run in --output-dir")
+    run.add_argument("--resume", help="a checkpoint path, or 'auto': the newest one of the run")
+    run.add_argument("--eval-only", action="store_true", help="validate the loaded weights, exit")
+    run.add_argument(
+        "--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: CUDA if any"
+    )
+    run.add_argument("--seed", type=int, default=0, help="of every random number generator")
     run.add_argument("--deterministic", action="store_true", help="bit-reproducible kernels")
     run.add_argument("--amp", action="store_true", help="bfloat16 on CPU, float16 on CUDA")
-    run.add_argument("--channels-last", action="store_true")
+    run.add_argument(
+        "--channels-last", action="store_true", help="NHWC memory format (fast with --amp on GPUs)"
+    )
     run.add_argument("--compile", action="store_true", help="torch.compile the model")
-    run.add_argument("--log-every", type=int, default=10, help="steps between log lines")
-    run.add_argument("--save-every-steps", type=int, help="also checkpoint every N steps")
-    run.add_argument("--keep-last", type=int, default=3, help="step checkpoints to keep")
-    run.add_argument("--resume", help="a checkpoint path, or 'auto' for the newest in --output-dir")
-    run.add_argument("--eval-only", action="store_true", help="validate the loaded weights, exit")
-    run.add_argument("--tensorboard", action="store_true", help="write TensorBoard events")
+    run.add_argument("--log-every", type=count(1), default=10, help="steps between log lines")
+    run.add_argument("--logger", default="jsonl", help=f"comma-separated: {', '.join(TRACKERS)}")
+    run.add_argument("--save-every-steps", type=count(1), help="also checkpoint every N steps")
+    run.add_argument("--keep-last", type=count(1), default=3, help="step checkpoints to keep")
+    run.add_argument(
+        "--dist-timeout", type=count(1), default=600, help="seconds a collective may wait"
+    )
+    run.add_argument("--sync-bn", action="store_true", help="BatchNorm statistics across processes")
 
     args = parser.parse_args(argv)
     if args.lr is None:
         args.lr = 0.05 if args.optimizer == "sgd" else 0.001
-    if args.keep_last < 1 or args.grad_accum_steps < 1 or args.batch_size < 1:
-        parser.error("--keep-last, --grad-accum-steps and --batch-size must be at least 1")
-    if args.eval_only and not (args.resume or args.init_from):
-        parser.error("--eval-only needs weights: pass --resume PATH or --init-from PATH")
+    problem = options_problem(args)
+    if problem:
+        parser.error(problem)
     return args
 
 
-def pick_device(choice: str) -> torch.device:
-    if choice == "auto":
-        choice = "cuda" if torch.cuda.is_available() else "cpu"
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda, but no CUDA device is visible: use --device cpu")
-    return torch.device(choice)
+def options_problem(args) -> str | None:
+    """What makes these options unable to work together (checked before anything runs)."""
+    image_size_problem = model_image_size_problem(args.model, args.image_size)
+    if image_size_problem:
+        return image_size_problem
+    channels_problem = dataset_channels_problem(args.dataset, args.in_channels)
+    if channels_problem:
+        return channels_problem
+    unknown = [name for name in parse_list(args.logger) if name not in TRACKERS]
+    if unknown:
+        return f"unknown --logger {', '.join(unknown)}; choose from: {', '.join(TRACKERS)}"
+    if args.eval_only and not (args.resume or args.init_from):
+        return "--eval-only needs weights: pass --resume PATH (or auto) or --init-from PATH"
+    if args.overwrite and args.resume:
+        return "--overwrite starts the run over, --resume continues it: pass one of them"
+    for option, path in (("--resume", args.resume), ("--init-from", args.init_from)):
+        if path and path != "auto" and not os.path.isfile(path):
+            return f"{option} {path}: no such file"
+    return runs.output_dir_problem(args)
 
 
-def make_deterministic() -> None:
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True)
-    torch.backends.cudnn.benchmark = False
+def main(argv=None) -> dict:
+    """Parse, set up, dispatch. Every expected failure ends as one line on stderr: exit 2 for
+    options that cannot work, 1 for the rest; a signal that stopped training exits 128 + it."""
+    args = parse_args(argv)
+    try:
+        ctx = distributed.setup(args.device, args.dist_timeout)
+        if args.summary:
+            return show_summary(args)
+        if args.eval_only:
+            return evaluate_checkpoint(args, ctx)
+        return fit(args, ctx)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except USER_ERRORS as error:
+        sys.exit(f"error: {error}")
+    except runs.Stopped as stop:
+        print(stop, file=sys.stderr)
+        sys.exit(128 + stop.number)
+    finally:
+        distributed.cleanup()
+
+
+@dataclass
+class Progress:
+    """Where training stands. Checkpoints hold it, so a resumed run goes on from the same place."""
+
+    loss_sum: torch.Tensor  # this epoch's training losses, summed on the device: no sync a step
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimizer steps taken
+    step_in_epoch: int = 0  # optimizer steps taken in the current epoch
+    best_acc: float = -1.0
+
+    def state_dict(self) -> dict:
+        """Collective under torchrun: the saved loss sum is the average of every process's."""
+        loss_sum = distributed.all_reduce_mean(self.loss_sum.clone()).item()
+        return {
+            "epoch": self.epoch,
+            "step": self.step,
+            "step_in_epoch": self.step_in_epoch,
+            "best_acc": self.best_acc,
+            "loss_sum": loss_sum,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.step_in_epoch, self.best_acc = state["step_in_epoch"], state["best_acc"]
+        self.loss_sum.fill_(state["loss_sum"])
+
+    def train_loss(self, micro_batches_per_step: int) -> float:
+        """This epoch's mean training loss so far (a collective under torchrun)."""
+        loss_sum = distributed.all_reduce_mean(self.loss_sum.clone()).item()
+        return loss_sum / max(self.step_in_epoch * micro_batches_per_step, 1)
+
+    def end_epoch(self) -> None:
+        self.epoch, self.step_in_epoch = self.epoch + 1, 0
+        self.loss_sum.zero_()
+
+
+@dataclass
+class Loop:
+    """What train_one_epoch needs besides the model: built once by fit()."""
+
+    loader: torch.utils.data.DataLoader
+    preprocess: Preprocess
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    autocast: functools.partial
+    steps_per_epoch: int
+    total_steps: int
+    log: RunLog
+    checkpointer: checkpoint.Checkpointer
+    stop: runs.StopSignals
+
+
+def train_one_epoch(model: nn.Module, progress: Progress, loop: Loop, args) -> None:
+    """Optimizer steps until the epoch ends, --max-steps is reached or a signal asks to stop."""
+    criterion = nn.CrossEntropyLoss()
+    device = progress.loss_sum.device
+    accumulate = args.grad_accum_steps
+    batches = iter(loop.loader)
+    progress_bar = tqdm(
+        total=loop.steps_per_epoch,
+        initial=progress.step_in_epoch,
+        desc=f"epoch {progress.epoch + 1}/{args.epochs}",
+        leave=False,
+        # Only on a terminal: in a log file (SLURM's, say) every refresh would be a new line.
+        disable=not (distributed.is_main_process() and sys.stderr.isatty()),
+    )
+    set_train_mode(model)
+    with progress_bar as bar:
+        while progress.step_in_epoch < loop.steps_per_epoch and progress.step < loop.total_steps:
+            logged = is_logged(progress.step + 1, args.log_every, loop.total_steps)
+            for micro_step in range(accumulate):
+                images, labels = next(batches)
+                images = loop.preprocess(images.to(device, non_blocking=True))
+                labels = labels.to(device, non_blocking=True)
+                # Under DDP, gradients are averaged once per optimizer step, not every micro-batch.
+                with no_sync(model, micro_step < accumulate - 1):
+                    with loop.autocast():
+                        loss = criterion(model(images), labels)
+                    loop.scaler.scale(loss / accumulate if accumulate > 1 else loss).backward()
+                progress.loss_sum += loss.detach()
+            if args.clip_grad_norm:
+                loop.scaler.unscale_(loop.optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad_norm)
+            lr = loop.optimizer.param_groups[0]["lr"]  # the rate this step used, logged below
+            loop.scaler.step(loop.optimizer)
+            loop.scaler.update()
+            loop.optimizer.zero_grad(set_to_none=True)
+            loop.scheduler.step()
+            progress.step += 1
+            progress.step_in_epoch += 1
+            bar.update()
+
+            if logged:
+                # The one host-device sync of a logged step; un-logged steps have none.
+                step_loss = distributed.all_reduce_mean(loss.detach().clone()).item()
+                if not math.isfinite(step_loss):
+                    raise FloatingPointError(
+                        f"loss is {step_loss} at step {progress.step}: lower --lr"
+                    )
+                record = {"kind": "step", "epoch": progress.epoch, "step": progress.step}
+                record |= {"loss": step_loss, "lr": lr}
+                loop.log.write(record)
+                bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.3g}", refresh=False)
+            if args.save_every_steps and progress.step % args.save_every_steps == 0:
+                loop.checkpointer.save(f"step_{progress.step:08d}.pt", aliases=(checkpoint.LAST,))
+            if loop.stop.agreed():
+                break
+
+
+def is_logged(step: int, log_every: int, last_step: int) -> bool:
+    """Every --log-every steps, and the run's last step (so a short run still logs a line)."""
+    return step % log_every == 0 or step == last_step
+
+
+def no_sync(model: nn.Module, skip_gradient_sync: bool):
+    """DDP's no_sync() on micro-batches before the last of an optimizer step; else nothing."""
+    if skip_gradient_sync and isinstance(model, DistributedDataParallel):
+        return model.no_sync()
+    return nullcontext()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, preprocess: Preprocess, autocast) -> dict:
+    """Loss and top-1 accuracy over the whole validation set, exact across processes: each
+    process validates its own unpadded shard, and the sums are added up."""
+    model.eval()
+    device = next(model.parameters()).device
+    totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
+    for images, labels in loader:
+        images = preprocess(images.to(device, non_blocking=True))
+        labels = labels.to(device, non_blocking=True)
+        with autocast():
+            logits = model(images)
+        totals[0] += nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
+        totals[1] += (logits.argmax(dim=1) == labels).sum()
+        totals[2] += labels.numel()
+    distributed.all_reduce_sum(totals)
+    loss_sum, correct, count = totals.tolist()
+    return {"val_loss": loss_sum / max(count, 1), "val_acc": correct / max(count, 1)}
+
+
+def fit(args, ctx: distributed.Context) -> dict:
+    """Train as `args` say, resuming when asked; return the last epoch's metrics."""
+    model = make_model(args, ctx)
+    print(format_short(args.model, count_parameters(model)))
+    data = build_data(args, ctx)
+    output_dir = runs.choose_output_dir(args)
+    optimizer = build_optimizer(model, args)
+    scheduler = build_scheduler(optimizer, args, data.steps_per_epoch, data.total_steps)
+    scaler = torch.amp.GradScaler(ctx.device.type, enabled=args.amp and ctx.device.type == "cuda")
+    progress = Progress(torch.zeros((), dtype=torch.float64, device=ctx.device))
+    log = RunLog(output_dir, parse_list(args.logger), enabled=ctx.is_main)
+    checkpointer = checkpoint.Checkpointer(
+        output_dir,
+        {
+            "model": model,
+            "optimizer": optimizer,
+            "scheduler": scheduler,
+            "scaler": scaler,
+            "progress": progress,
+            "log": log,
+        },
+        {"args": vars(args), "template_version": TEMPLATE_VERSION, "class_names": data.classes},
+        args.keep_last,
+    )
+    autocast = autocast_for(args, ctx)
+    loop = Loop(
+        loader=data.train_loader,
+        preprocess=Preprocess(args.augment, args.image_size // 8, args.channels_last),
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=scaler,
+        autocast=autocast,
+        steps_per_epoch=data.steps_per_epoch,
+        total_steps=data.total_steps,
+        log=log,
+        checkpointer=checkpointer,
+        stop=runs.StopSignals(),
+    )
+    resume_from(args, output_dir, checkpointer)
+    # Everything that could refuse the options or the checkpoint has run: now write.
+    runs.prepare_output_dir(output_dir, args)
+    val_preprocess = Preprocess(channels_last=args.channels_last)
+    log.open()
+    with loop.stop:
+        train_model = wrap_for_training(model, ctx, args)
+        metrics, start = {}, time.perf_counter()
+        try:
+            while progress.epoch < args.epochs and progress.step < data.total_steps:
+                skip = progress.step_in_epoch * args.grad_accum_steps * args.batch_size
+                data.train_sampler.set_epoch(progress.epoch, skip)
+                train_one_epoch(train_model, progress, loop, args)
+                signal_number = loop.stop.agreed()
+                if signal_number:
+                    path = checkpointer.save(checkpoint.LAST)
+                    raise runs.Stopped(
+                        signal_number,
+                        f"stopped by {runs.signal_name(signal_number)} at step {progress.step}: "
+                        f"saved {path}; continue with --resume auto",
+                    )
+                metrics = end_of_epoch(model, progress, loop, data.val_loader, val_preprocess, args)
+                print(
+                    f"epoch {metrics['epoch']}: train_loss {metrics['train_loss']:.4f} val_loss "
+                    f"{metrics['val_loss']:.4f} val_acc {metrics['val_acc']:.4f} "
+                    f"({time.perf_counter() - start:.1f}s)"
+                )
+        finally:
+            log.close()
+    return metrics
+
+
+def end_of_epoch(model, progress: Progress, loop: Loop, val_loader, preprocess, args) -> dict:
+    """Validate, log the epoch's line, save last.pt (and best.pt); also at --max-steps."""
+    metrics = {"kind": "epoch", "epoch": progress.epoch + 1, "step": progress.step}
+    metrics["train_loss"] = progress.train_loss(args.grad_accum_steps)
+    metrics.update(evaluate(model, val_loader, preprocess, loop.autocast))
+    metrics["lr"] = loop.optimizer.param_groups[0]["lr"]
+    loop.log.write(metrics)
+    improved = metrics["val_acc"] > progress.best_acc
+    progress.best_acc = max(progress.best_acc, metrics["val_acc"])
+    if progress.step_in_epoch == loop.steps_per_epoch:
+        progress.end_epoch()
+    loop.checkpointer.save(checkpoint.LAST, aliases=(checkpoint.BEST,) if improved else ())
+    return metrics
+
+
+def evaluate_checkpoint(args, ctx: distributed.Context) -> dict:
+    """--eval-only: validate the weights of --resume (or --init-from) and print the metrics."""
+    model = make_model(args, ctx)
+    if args.resume:
+        path = args.resume
+        if path == "auto":
+            folder = runs.find_run_to_evaluate(args)
+            found = checkpoint.find_resume_checkpoint(folder)
+            if found is None:
+                raise checkpoint.CheckpointError(f"no loadable checkpoint in {folder}")
+            path, state = found
+        else:
+            state = checkpoint.load_checkpoint(path)
+        checkpoint.Checkpointer(None, {"model": model}, {"args": vars(args)}).restore(state, path)
+        print(f"evaluating {path}")
+    data = build_data(args, ctx)
+    preprocess = Preprocess(channels_last=args.channels_last)
+    metrics = evaluate(model, data.val_loader, preprocess, autocast_for(args, ctx))
+    print(json.dumps(metrics))
+    return metrics
+
+
+def show_summary(args) -> dict:
+    """--summary: every layer's output shape and parameters, then the totals."""
+    model = make_model(args, distributed.Context(torch.device("cpu")))
+    shape = (1, args.in_channels, args.image_size, args.image_size)
+    print(format_summary(checked(summarize, model, shape), args.model))
+    totals = count_parameters(model)
+    return {"params": totals.params, "trainable": totals.trainable, "frozen": totals.frozen}
+
+
+# ---- building blocks ---------------------------------------------------------------------------
+
+
+def make_model(args, ctx: distributed.Context) -> nn.Module:
+    """The model of --model on the device: pretrained or --init-from weights, frozen parts."""
+    if args.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    elif ctx.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    if args.compile and not torch._dynamo.is_dynamo_supported():
+        raise ConfigError("torch.compile is not supported on this platform: drop --compile")
+    # Every process builds identical initial weights from --seed ...
+    random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    if args.download and args.weights:
+        download_weights(args.model, args.weights)
+    if args.backbone_lr_mult == 0:
+        args.freeze = "backbone"
+    model = checked(
+        build_model, args.model, args.num_classes, args.in_channels, args.image_size, args.weights
+    )
+    frozen = checked(freeze, model, args.freeze, HEADS.get(args.model, ""))
+    if args.init_from:
+        print(checkpoint.init_from(model, args.init_from, args.model))
+    if frozen:
+        print(f"froze {len(frozen)} parameter tensors ({args.freeze})")
+    if args.sync_bn and ctx.world_size > 1:
+        if ctx.device.type != "cuda":
+            raise ConfigError("--sync-bn needs CUDA devices (SyncBatchNorm has no CPU version)")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    memory_format = torch.channels_last if args.channels_last else torch.preserve_format
+    model.to(ctx.device, memory_format=memory_format)
+    # ... and then its own random streams (dropout, augmentation).
+    random.seed(args.seed + ctx.rank)
+    torch.manual_seed(args.seed + ctx.rank)
+    return model
+
+
+def autocast_for(args, ctx: distributed.Context) -> functools.partial:
+    """torch.autocast for --amp: float16 on CUDA (with a GradScaler), bfloat16 on CPU."""
+    dtype = torch.float16 if ctx.device.type == "cuda" else torch.bfloat16
+    return functools.partial(torch.autocast, ctx.device.type, dtype, enabled=args.amp)
+
+
+def wrap_for_training(model: nn.Module, ctx: distributed.Context, args) -> nn.Module:
+    """DDP across processes, then torch.compile; checkpoints and hooks keep the plain model."""
+    if ctx.world_size > 1:
+        device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+        model = DistributedDataParallel(model, device_ids=device_ids)
+    return torch.compile(model) if args.compile else model
+
+
+@dataclass
+class Data:
+    train_loader: torch.utils.data.DataLoader
+    val_loader: torch.utils.data.DataLoader
+    train_sampler: ShardedSampler
+    steps_per_epoch: int
+    total_steps: int  # the run's last optimizer step: --epochs, or --max-steps if sooner
+    classes: list[str] | None
+
+
+def build_data(args, ctx: distributed.Context) -> Data:
+    """The loaders of --dataset: every process its own shard, shuffled per epoch."""
+    train_set, val_set = build_datasets(args)
+    train_sampler = ShardedSampler(len(train_set), True, args.seed, ctx.rank, ctx.world_size)
+    val_sampler = ShardedSampler(len(val_set), False, 0, ctx.rank, ctx.world_size, pad=False)
+    loader = functools.partial(
+        build_loader,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        pin_memory=ctx.device.type == "cuda",
+        seed=args.seed,
+    )
+    train_loader = loader(train_set, train_sampler)
+    steps_per_epoch = len(train_loader) // args.grad_accum_steps
+    if steps_per_epoch == 0:
+        raise ConfigError(
+            f"{len(train_set)} training samples give no optimizer step with --batch-size "
+            f"{args.batch_size} and --grad-accum-steps {args.grad_accum_steps}"
+        )
+    total_steps = args.epochs * steps_per_epoch
+    if args.max_steps is not None:
+        total_steps = min(total_steps, args.max_steps)
+    return Data(
+        train_loader,
+        loader(val_set, val_sampler),
+        train_sampler,
+        steps_per_epoch,
+        total_steps,
+        class_names(train_set),
+    )
+
+
+def resume_from(args, output_dir: str, checkpointer: checkpoint.Checkpointer) -> None:
+    """Restore the training state from --resume: a path, or "auto", the newest valid
+    checkpoint in the output folder (none yet: the run starts at step 0)."""
+    if not args.resume:
+        return
+    if args.resume == "auto":
+        found = checkpoint.find_resume_checkpoint(output_dir)
+        if found is None:
+            print(f"no checkpoint in {output_dir} yet: starting at step 0")
+            return
+        path, state = found
+    else:
+        path, state = args.resume, checkpoint.load_checkpoint(args.resume)
+    checkpointer.restore(state, path)
+    progress = state["progress"]
+    print(f"resumed from {path} at epoch {progress['epoch']}, step {progress['step']}")
 
 
 def build_optimizer(model: nn.Module, args) -> torch.optim.Optimizer:
@@ -130,6 +660,17 @@ def build_optimizer(model: nn.Module, args) -> torch.optim.Optimizer:
     )
 
 
+class Schedule(torch.optim.lr_scheduler.LambdaLR):
+    """LambdaLR whose restored state follows this run's schedule: a run resumed with more
+    --epochs or --max-steps takes the learning rate of its own, longer schedule."""
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        factors = zip(self.optimizer.param_groups, self.base_lrs, self.lr_lambdas, strict=True)
+        for group, base_lr, factor in factors:
+            group["lr"] = base_lr * factor(self.last_epoch)
+
+
 def build_scheduler(optimizer, args, steps_per_epoch: int, total_steps: int):
     if args.lr_scheduler == "onecycle":
         max_lr = [group["lr"] for group in optimizer.param_groups]
@@ -147,295 +688,20 @@ def build_scheduler(optimizer, args, steps_per_epoch: int, total_steps: int):
             return args.lr_gamma ** (step // step_period)
         return 1.0
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return Schedule(optimizer, factor)
 
 
-class MetricsLog:
-    """OUTPUT_DIR/metrics.jsonl, one JSON object a line; a resumed run first drops lines written
-    after its checkpoint, so the file ends up as if the run had never stopped.
-
-    The file stays open for the whole run (opening it for every line cost more than the rest of a
-    logged step); each line is flushed as it is written.
-    """
-
-    def __init__(self, path: str, keep_lines: int):
-        lines = []
-        if keep_lines and os.path.exists(path):
-            with open(path) as file:
-                lines = file.readlines()[:keep_lines]
-        self.file = open(path, "w")
-        self.file.writelines(lines)
-        self.file.flush()
-        self.lines = len(lines)
-
-    def write(self, record: dict) -> None:
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
-        self.lines += 1
-
-    def close(self) -> None:
-        self.file.close()
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loader, device, autocast, channels_last: bool) -> dict:
-    """Loss and top-1 accuracy over the whole validation set."""
-    model.eval()
-    totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
-    for images, labels in loader:
-        images, labels = to_device(images, labels, device, channels_last)
-        with autocast():
-            logits = model(images)
-        totals[0] += nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
-        totals[1] += (logits.argmax(dim=1) == labels).sum()
-        totals[2] += labels.numel()
-    loss_sum, correct, count = totals.tolist()
-    return {"val_loss": loss_sum / max(count, 1), "val_acc": correct / max(count, 1)}
-
-
-def to_device(images, labels, device, channels_last: bool):
-    images = images.to(device, non_blocking=True)
-    if channels_last and images.dim() == 4:
-        images = images.contiguous(memory_format=torch.channels_last)
-    return images, labels.to(device, non_blocking=True)
-
-
-def open_tensorboard(output_dir: str):
+def checked(build, *arguments):
+    """build(*arguments), where a ValueError (or an AssertionError from torchvision's size checks)
+    means the options cannot work: one line naming the problem, not a traceback."""
     try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise ConfigError(
-            "--tensorboard needs the tensorboard package: pip install tensorboard"
-        ) from None
-    return SummaryWriter(os.path.join(output_dir, "tensorboard"))
-
-
-def train(args) -> dict:
-    """Run training (or evaluation) as `args` say; return the last metrics."""
-    device = pick_device(args.device)
-    if args.deterministic:
-        make_deterministic()
-    elif device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    if args.compile and not torch._dynamo.is_dynamo_supported():
-        raise ConfigError("torch.compile is not supported on this platform: drop --compile")
-    random.seed(args.seed)
-    torch.manual_seed(args.seed)
-
-    if args.download and args.weights:
-        download_weights(args.model, args.weights)
-    if args.backbone_lr_mult == 0:
-        args.freeze = "backbone"
-    try:
-        model = build_model(
-            args.model, args.num_classes, args.in_channels, args.image_size, args.weights
-        )
-        frozen = freeze(model, args.freeze, HEADS.get(args.model, ""))
+        return build(*arguments)
     except (ValueError, AssertionError, FileNotFoundError) as error:
-        # torchvision checks some sizes with assert (vit_b_16: image size divisible by 16)
-        raise ConfigError(str(error) or f"{args.model} cannot take these options") from None
-    if args.init_from:
-        print(checkpoint.init_from(model, args.init_from))
-    if frozen:
-        print(f"froze {len(frozen)} parameter tensors ({args.freeze})")
-    totals = count_parameters(model)
-    if args.summary:
-        try:
-            summary = summarize(model, (1, args.in_channels, args.image_size, args.image_size))
-        except ValueError as error:
-            raise ConfigError(str(error)) from None
-        print(format_summary(summary, args.model))
-        return {"params": totals.params, "trainable": totals.trainable, "frozen": totals.frozen}
-    print(format_short(args.model, totals))
-    memory_format = torch.channels_last if args.channels_last else torch.preserve_format
-    model.to(device, memory_format=memory_format)
-
-    train_set, val_set = build_datasets(args)
-    train_sampler = ShardedSampler(len(train_set), shuffle=True, seed=args.seed)
-    val_sampler = ShardedSampler(len(val_set), shuffle=False, pad=False)
-    loader = functools.partial(
-        build_loader,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        pin_memory=device.type == "cuda",
-        seed=args.seed,
-    )
-    train_loader = loader(train_set, train_sampler)
-    val_loader = loader(val_set, val_sampler)
-
-    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    autocast = functools.partial(torch.autocast, device.type, amp_dtype, enabled=args.amp)
-    if args.eval_only:
-        if args.resume:
-            model.load_state_dict(checkpoint.load_checkpoint(args.resume, device)["model"])
-        metrics = evaluate(model, val_loader, device, autocast, args.channels_last)
-        print(json.dumps(metrics))
-        return metrics
-
-    steps_per_epoch = len(train_loader) // args.grad_accum_steps
-    if steps_per_epoch == 0:
-        raise ConfigError(
-            f"{len(train_set)} training samples give no optimizer step with --batch-size "
-            f"{args.batch_size} and --grad-accum-steps {args.grad_accum_steps}"
-        )
-    total_steps = args.epochs * steps_per_epoch
-    if args.max_steps is not None:
-        total_steps = min(total_steps, args.max_steps)
-
-    def is_logged(step: int) -> bool:
-        """Every --log-every steps, and the run's last step (so a short run still logs a line)."""
-        return step % args.log_every == 0 or step == total_steps
-
-    optimizer = build_optimizer(model, args)
-    scheduler = build_scheduler(optimizer, args, steps_per_epoch, total_steps)
-    scaler = torch.amp.GradScaler(device.type, enabled=args.amp and device.type == "cuda")
-    criterion = nn.CrossEntropyLoss()
-    train_model = model
-    if args.compile:
-        train_model = torch.compile(train_model)
-
-    os.makedirs(args.output_dir, exist_ok=True)
-    epoch, step, step_in_epoch, best_acc, metrics_lines = 0, 0, 0, -1.0, 0
-    epoch_loss = torch.zeros((), dtype=torch.float64, device=device)  # sum over this epoch's steps
-    resume_path = args.resume
-    state = None
-    if args.resume == "auto":
-        found = checkpoint.find_resume_checkpoint(args.output_dir)
-        resume_path, state = found if found else (None, None)
-    elif args.resume:
-        state = checkpoint.load_checkpoint(args.resume)
-    if state is not None:
-        checkpoint.check_compatible(model, state, resume_path, vars(args))
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
-            # A run resumed with more --epochs or --max-steps follows its own, longer schedule.
-            groups = optimizer.param_groups
-            factors = zip(groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True)
-            for group, base_lr, factor in factors:
-                group["lr"] = base_lr * factor(scheduler.last_epoch)
-        if "scaler" in state:
-            scaler.load_state_dict(state["scaler"])
-        epoch, step, step_in_epoch = state["epoch"], state["step"], state["step_in_epoch"]
-        best_acc, metrics_lines = state["best_acc"], state["metrics_lines"]
-        epoch_loss.fill_(state["epoch_loss"])
-        # Last, after everything that draws random numbers has been built.
-        checkpoint.restore_rng_state(state["rng"])
-        print(f"resumed from {resume_path} at epoch {epoch}, step {step}")
-    metrics_log = MetricsLog(os.path.join(args.output_dir, "metrics.jsonl"), metrics_lines)
-    writer = open_tensorboard(args.output_dir) if args.tensorboard else None
-
-    def log(record: dict) -> None:
-        metrics_log.write(record)
-        if writer:
-            for name, value in record.items():
-                if isinstance(value, float):
-                    writer.add_scalar(f"{record['kind']}/{name}", value, record["step"])
-
-    def save(name: str, completed_epochs: int, aliases=()) -> None:
-        """Checkpoint to OUTPUT_DIR/name and point each alias (last.pt, best.pt) at it."""
-        path = os.path.join(args.output_dir, name)
-        finished_epoch = completed_epochs > epoch
-        loss_sum = 0.0 if finished_epoch else epoch_loss.item()
-        state = {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "epoch": completed_epochs,
-            "step": step,
-            "step_in_epoch": 0 if finished_epoch else step_in_epoch,
-            "epoch_loss": loss_sum,
-            "best_acc": best_acc,
-            "metrics_lines": metrics_log.lines,
-            "args": vars(args),
-            "rng": checkpoint.rng_state(),
-            "template_version": TEMPLATE_VERSION,
-        }
-        if scaler.is_enabled():
-            state["scaler"] = scaler.state_dict()
-        checkpoint.save_checkpoint(state, path)
-        for alias in aliases:
-            checkpoint.publish(path, os.path.join(args.output_dir, alias))
-        checkpoint.prune_step_checkpoints(args.output_dir, args.keep_last)
-
-    metrics = {}
-    start = time.perf_counter()
-    while epoch < args.epochs and (args.max_steps is None or step < args.max_steps):
-        skip = step_in_epoch * args.grad_accum_steps * args.batch_size
-        train_sampler.set_epoch(epoch, skip)
-        set_train_mode(train_model)
-        progress = tqdm(
-            train_loader,
-            desc=f"epoch {epoch + 1}/{args.epochs}",
-            initial=step_in_epoch * args.grad_accum_steps,
-            total=steps_per_epoch * args.grad_accum_steps,
-            leave=False,
-        )
-        for micro_step, (images, labels) in enumerate(progress):
-            if step_in_epoch == steps_per_epoch:
-                break  # micro-batches left over when --grad-accum-steps does not divide them
-            last_micro_step = (micro_step + 1) % args.grad_accum_steps == 0
-            images, labels = to_device(images, labels, device, args.channels_last)
-            with autocast():
-                loss = criterion(train_model(images), labels) / args.grad_accum_steps
-            scaler.scale(loss).backward()
-            epoch_loss += loss.detach()
-            if not last_micro_step:
-                continue
-            if args.clip_grad_norm:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad_norm)
-            lr = optimizer.param_groups[0]["lr"]  # the rate this step used, logged below
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            step += 1
-            step_in_epoch += 1
-
-            if is_logged(step):
-                step_loss = loss.item() * args.grad_accum_steps
-                if not math.isfinite(step_loss):
-                    raise FloatingPointError(f"loss is {step_loss} at step {step}: lower --lr")
-                record = {"kind": "step", "epoch": epoch, "step": step, "loss": step_loss, "lr": lr}
-                log(record)
-                # refresh=False: shown at the bar's next redraw rather than forcing one now
-                progress.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.3g}", refresh=False)
-            if args.save_every_steps and step % args.save_every_steps == 0:
-                save(f"step_{step:08d}.pt", epoch, aliases=[checkpoint.LAST])
-            if args.max_steps is not None and step >= args.max_steps:
-                break
-        progress.close()
-
-        completed = step_in_epoch == steps_per_epoch
-        train_loss = epoch_loss.item() / max(step_in_epoch, 1)
-        metrics = {"kind": "epoch", "epoch": epoch + 1, "step": step, "train_loss": train_loss}
-        metrics.update(evaluate(model, val_loader, device, autocast, args.channels_last))
-        metrics["lr"] = optimizer.param_groups[0]["lr"]
-        log(metrics)
-        print(
-            f"epoch {epoch + 1}: train_loss {train_loss:.4f} val_loss {metrics['val_loss']:.4f} "
-            f"val_acc {metrics['val_acc']:.4f} ({time.perf_counter() - start:.1f}s)"
-        )
-        aliases = [checkpoint.BEST] if metrics["val_acc"] > best_acc else []
-        best_acc = max(best_acc, metrics["val_acc"])
-        save(checkpoint.LAST, epoch + 1 if completed else epoch, aliases)
-        if completed:
-            epoch, step_in_epoch = epoch + 1, 0
-            epoch_loss.zero_()
-    metrics_log.close()
-    if writer:
-        writer.close()
-    return metrics
+        raise ConfigError(str(error) or f"{build.__name__} cannot take these options") from None
 
 
-def main(argv=None) -> dict:
-    args = parse_args(argv)
-    try:
-        return train(args)
-    except (ConfigError, DatasetError, checkpoint.CheckpointError, FloatingPointError) as error:
-        sys.exit(f"error: {error}")
+def parse_list(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
 
 
 if __name__ == "__main__":

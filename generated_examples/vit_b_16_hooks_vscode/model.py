@@ -69,6 +69,23 @@ TORCHVISION_MODELS = [
 ]
 MODEL_NAMES = [*CUSTOM_MODELS, *TORCHVISION_MODELS]
 
+# The smallest --image-size each model takes (torchvision's: as scaffold's catalog says), and the
+# patch size the image size must be a multiple of.
+MIN_IMAGE_SIZES = {"lenet": 16, "mlp": 1, "vit_b_16": 16}
+PATCH_SIZES = {"vit_b_16": 16}
+
+
+def model_image_size_problem(name: str, image_size: int) -> str | None:
+    """Why model `name` cannot take images of `image_size` pixels, or None when it can."""
+    smallest = MIN_IMAGE_SIZES.get(name, 32 if name in TORCHVISION_MODELS else 1)
+    if image_size < smallest:
+        return f"--model {name} needs --image-size of at least {smallest}, got {image_size}"
+    patch = PATCH_SIZES.get(name)
+    if patch and image_size % patch:
+        return f"--model {name} needs an --image-size divisible by {patch}, got {image_size}"
+    return None
+
+
 # The classifier head of each model, by parameter-name prefix: replaced for a new class count,
 # trained when the backbone is frozen.
 HEADS = {
@@ -103,10 +120,10 @@ def build_model(
         replace_head(model, name, num_classes)
     else:
         model = torchvision.models.get_model(name, num_classes=num_classes, **extra)
-    # A zero head makes the first loss exactly ln(num_classes), as torchvision's ViT does;
-    # the default init of the other heads starts some models far from it.
+    # A small head starts the loss near ln(num_classes) (the default init of some heads starts
+    # far from it); not a zero one, which would send the backbone no gradient on the first step.
     head = model.get_submodule(HEADS[name])
-    nn.init.zeros_(head.weight)
+    nn.init.normal_(head.weight, std=0.01)
     nn.init.zeros_(head.bias)
     if in_channels != 3:
         replace_stem(model, in_channels)
@@ -175,6 +192,8 @@ def freeze(model: nn.Module, spec: str, head: str) -> list[str]:
         ]
         if not frozen:
             raise ValueError(f"--freeze {spec} matches no parameter name")
+    if len(frozen) == len(list(model.parameters())):
+        raise ValueError(f"--freeze {spec} freezes every parameter: nothing would train")
     for name, parameter in model.named_parameters():
         if name in frozen:
             parameter.requires_grad_(False)

@@ -107,9 +107,9 @@ def series(records: list[dict], kind: str, key: str) -> tuple[list, list]:
     return [r["step"] for r in chosen], [r[key] for r in chosen]
 
 
-def plot_curves(runs: list[tuple[str, list[dict]]], output: str) -> None:
+def plot_curves(runs: list[tuple[str, list[dict]]], output: str):
     """Three panels sharing the step axis: losses, validation accuracy, learning rate; `runs` holds
-    (label, records) pairs."""
+    (label, records) pairs. Saves the figure to `output` and returns it."""
     Figure, FigureCanvasAgg = import_matplotlib()
     figure = Figure(figsize=(10, 10), layout="constrained")
     FigureCanvasAgg(figure)
@@ -151,6 +151,7 @@ def plot_curves(runs: list[tuple[str, list[dict]]], output: str) -> None:
     title = ", ".join(name for name, _ in runs) if len(runs) <= 3 else f"{len(runs)} runs"
     figure.suptitle(f"training curves: {title}")
     save(figure, output)
+    return figure
 
 
 def activation_series(records: list[dict]) -> dict[str, dict[str, list]]:
@@ -201,9 +202,10 @@ def pick_layers(stats: dict, globs: str, limit: int) -> tuple[list[str], int, in
     return [name for name in names if name in chosen], len(names), len(drifting)
 
 
-def plot_activations(run_dir: str, records: list[dict], layers: str, limit: int, output) -> None:
+def plot_activations(run_dir: str, records: list[dict], layers: str, limit: int, output):
     """Mean (linear scale) and std (log scale) of each chosen layer's output over the steps: a
-    dying layer's std falls towards 0, an exploding one's grows by orders of magnitude."""
+    dying layer's std falls towards 0, an exploding one's grows by orders of magnitude. Saves the
+    figure to `output` and returns it."""
     stats = activation_series(records)
     path = os.path.join(run_dir, "metrics.jsonl")
     if not stats:
@@ -248,6 +250,7 @@ def plot_activations(run_dir: str, records: list[dict], layers: str, limit: int,
     )
     figure.suptitle(f"activations: {os.path.basename(os.path.normpath(run_dir))}")
     save(figure, output)
+    return figure
 
 
 def save(figure, output: str) -> None:

@@ -1,7 +1,9 @@
-"""Helpers for this project's tests: tiny training runs on FakeData, in this process."""
+"""Helpers for this project's tests: tiny training runs on FakeData, in this process or another."""
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -9,6 +11,7 @@ import torch
 import train
 
 MODEL = "lenet"
+PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_args(output_dir, *extra: str) -> list[str]:
@@ -30,13 +33,48 @@ def run_train(output_dir, *extra: str) -> dict:
     return train.main(tiny_args(output_dir, *extra))
 
 
+def train_fails(capsys, *args: str) -> tuple[int, str]:
+    """Run train.main(args), which must stop with SystemExit; return (exit code, stderr)."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(list(args))
+    code = exit_info.value.code
+    err = capsys.readouterr().err
+    if isinstance(code, str):  # sys.exit("message"): printed to stderr, exit code 1
+        return 1, err + code + "\n"
+    return code, err
+
+
+def start_train(args: list[str], script=None, **popen) -> subprocess.Popen:
+    """train.py (or a `script` standing in for it) in a process of its own, in the current
+    folder, with text pipes."""
+    return subprocess.Popen(
+        [sys.executable, str(script or os.path.join(PROJECT, "train.py")), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **popen,
+    )
+
+
 def read_metrics(output_dir) -> list[dict]:
     with open(os.path.join(output_dir, "metrics.jsonl")) as file:
         return [json.loads(line) for line in file]
 
 
+def logged_steps(output_dir) -> list[int]:
+    return [line["step"] for line in read_metrics(output_dir) if line["kind"] == "step"]
+
+
 def load_model_state(path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)["model"]
+
+
+def assert_same_weights(path_a, path_b) -> None:
+    a, b = load_model_state(path_a), load_model_state(path_b)
+    assert a.keys() == b.keys()
+    different = [key for key in a if not torch.equal(a[key], b[key])]
+    assert not different, f"tensors differ: {different[:5]}"
 
 
 def watch_forward(monkeypatch) -> list:
@@ -60,3 +98,9 @@ def cuda_or_skip(request):
         if os.environ.get("REQUIRE_CUDA") == "1":
             pytest.fail("REQUIRE_CUDA=1 but no CUDA device is visible")
         pytest.skip("no CUDA device")
+
+
+@pytest.fixture(autouse=True)
+def in_a_temporary_folder(tmp_path_factory, monkeypatch):
+    """Runs without --output-dir write under runs/ of the current folder: keep it temporary."""
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))

@@ -64,12 +64,34 @@ def assert_png(path) -> None:
         image.verify()
 
 
+def drawn(axes) -> dict[str, tuple[list, list]]:
+    """{label: (x, y)} of every line in `axes`."""
+    return {
+        line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in axes.lines
+    }
+
+
+def logged(records, kind, key) -> tuple[list, list]:
+    chosen = [record for record in records if record["kind"] == kind]
+    return [record["step"] for record in chosen], [record[key] for record in chosen]
+
+
 @needs_matplotlib
-def test_curves_of_one_run(trained_run):
-    assert {record["kind"] for record in read_metrics(trained_run)} == {"step", "epoch"}
+def test_curves_of_one_run(trained_run, tmp_path):
+    records = read_metrics(trained_run)
+    assert {record["kind"] for record in records} == {"step", "epoch"}
     output = plot.main([trained_run])
     assert output == os.path.join(trained_run, "curves.png")
     assert_png(output)
+    figure = plot.plot_curves([("trained", records)], str(tmp_path / "curves.png"))
+    losses, accuracies, rates = (drawn(axes) for axes in figure.axes[:3])
+    assert losses == {
+        "train": logged(records, "step", "loss"),
+        "train (epoch mean)": logged(records, "epoch", "train_loss"),
+        "validation": logged(records, "epoch", "val_loss"),
+    }
+    assert accuracies == {"trained": logged(records, "epoch", "val_acc")}
+    assert rates == {"trained": logged(records, "step", "lr")}
 
 
 @needs_matplotlib
@@ -77,6 +99,15 @@ def test_curves_of_two_runs_overlaid(trained_run, tmp_path):
     other = write_metrics(tmp_path / "other")
     output = plot.main([trained_run, other, "--output", str(tmp_path / "both" / "curves.png")])
     assert_png(output)
+    runs = [("trained", read_metrics(trained_run)), ("other", read_metrics(other))]
+    figure = plot.plot_curves(runs, str(tmp_path / "again.png"))
+    losses, accuracies, _ = (drawn(axes) for axes in figure.axes[:3])
+    for name, records in runs:
+        assert losses[f"{name}: train"] == logged(records, "step", "loss")
+        assert losses[f"{name}: validation"] == logged(records, "epoch", "val_loss")
+        assert accuracies[name] == logged(records, "epoch", "val_acc")
+    colors = {line.get_color() for line in figure.axes[1].lines}
+    assert len(colors) == 2, "each run has its own colour"
 
 
 def test_runs_are_labelled_by_folder_name_or_path_when_those_clash():
@@ -90,6 +121,14 @@ def test_activations_of_a_real_run(trained_run, tmp_path):
         pytest.skip("this project has no hooks/ package")
     output = plot.main(["--activations", trained_run, "--output", str(tmp_path / "a.png")])
     assert_png(output)
+    records = read_metrics(trained_run)
+    figure = plot.plot_activations(trained_run, records, "", plot.MAX_LAYERS, output)
+    means = drawn(figure.axes[0])
+    steps = [record for record in records if record["kind"] == "step"]
+    assert means and set(means) <= set(steps[0]["hooks"]["activations"])
+    for layer, (x, y) in means.items():
+        assert x == [record["step"] for record in steps]
+        assert y == [record["hooks"]["activations"][layer]["mean"] for record in steps]
 
 
 @needs_matplotlib

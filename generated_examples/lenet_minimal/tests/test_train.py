@@ -1,15 +1,26 @@
 """train.py end to end on tiny FakeData runs: logging, checkpoints, resume, fine-tuning, flags."""
 
+import errno
 import math
 import os
+import re
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 import torch
-from conftest import MODEL, load_model_state, read_metrics, run_train, tiny_args, watch_forward
+from conftest import (
+    MODEL,
+    assert_same_weights,
+    load_model_state,
+    logged_steps,
+    read_metrics,
+    run_train,
+    start_train,
+    tiny_args,
+    train_fails,
+    watch_forward,
+)
 
 import checkpoint
 import train
@@ -18,9 +29,11 @@ from model import HEADS, build_model
 DEFAULTS = train.parse_args([])
 LENET_SHAPE = (DEFAULTS.num_classes, DEFAULTS.in_channels, DEFAULTS.image_size)
 
-# Two epochs of two steps, checkpoints at step 3 (mid-epoch) and at the end of each epoch.
+# Two epochs of two steps, checkpoints at step 3 (mid-epoch) and at the end of each epoch. The
+# crops and flips of --augment draw random numbers every step: a resume that lost the random
+# number generators' states would train on other images.
 RESUME_ARGS = ["--fake-size=16", "--epochs=2", "--save-every-steps=3", "--deterministic"]
-RESUME_ARGS += ["--lr-scheduler=cosine", "--warmup-epochs=0.5", "--momentum=0.9"]
+RESUME_ARGS += ["--lr-scheduler=cosine", "--warmup-epochs=0.5", "--momentum=0.9", "--augment"]
 
 
 class Crash(Exception):
@@ -32,17 +45,10 @@ def crash_after_save(monkeypatch, should_crash) -> None:
 
     def save_then_crash(state, path):
         save(state, path)
-        if should_crash(state):
+        if should_crash(state["progress"]):
             raise Crash
 
     monkeypatch.setattr(checkpoint, "save_checkpoint", save_then_crash)
-
-
-def assert_same_weights(path_a, path_b) -> None:
-    a, b = load_model_state(path_a), load_model_state(path_b)
-    assert a.keys() == b.keys()
-    different = [key for key in a if not torch.equal(a[key], b[key])]
-    assert not different, f"tensors differ: {different[:5]}"
 
 
 def test_smoke_run_logs_metrics_and_writes_checkpoints(tmp_path):
@@ -53,7 +59,9 @@ def test_smoke_run_logs_metrics_and_writes_checkpoints(tmp_path):
     assert [line["kind"] for line in lines].count("epoch") == 1
     assert lines[-1] == metrics
     state = checkpoint.load_checkpoint(tmp_path / "last.pt")
-    assert (state["step"], state["epoch"], state["step_in_epoch"]) == (3, 0, 3)
+    progress = state["progress"]
+    assert (progress["step"], progress["epoch"], progress["step_in_epoch"]) == (3, 0, 3)
+    assert state["log"]["jsonl"] == {"lines": len(lines)}
     assert state["template_version"] == train.TEMPLATE_VERSION
     assert state["args"]["model"] == MODEL
     assert not any(key.startswith(("module.", "_orig_mod.")) for key in state["model"])
@@ -68,39 +76,69 @@ def uninterrupted(tmp_path_factory):
 
 
 @pytest.mark.parametrize(
-    "crash_point",
+    "crash_point, resumed_line",
     [
-        pytest.param(lambda state: state["step"] == 3, id="mid-epoch"),
-        pytest.param(lambda state: state["epoch"] == 1 and state["step_in_epoch"] == 0, id="epoch"),
+        pytest.param(
+            lambda progress: progress["step"] == 3,
+            "step_00000003.pt at epoch 1, step 3",
+            id="mid-epoch",
+        ),
+        pytest.param(
+            lambda progress: progress["epoch"] == 1 and progress["step_in_epoch"] == 0,
+            "last.pt at epoch 1, step 2",
+            id="epoch",
+        ),
     ],
 )
-def test_resume_is_bit_exact(tmp_path, monkeypatch, uninterrupted, crash_point):
+def test_resume_is_bit_exact(
+    tmp_path, monkeypatch, capsys, uninterrupted, crash_point, resumed_line
+):
     with monkeypatch.context() as patch:
         crash_after_save(patch, crash_point)
         with pytest.raises(Crash):
             run_train(tmp_path, *RESUME_ARGS)
+    capsys.readouterr()
     run_train(tmp_path, *RESUME_ARGS, "--resume=auto")
+    assert f"resumed from {tmp_path / resumed_line}\n" in capsys.readouterr().out
     assert_same_weights(uninterrupted / "last.pt", tmp_path / "last.pt")
     assert read_metrics(tmp_path) == read_metrics(uninterrupted)
 
 
+def test_resume_auto_takes_the_newest_checkpoint(tmp_path, capsys):
+    run_train(tmp_path, "--model=lenet", "--max-steps=3", "--save-every-steps=1", "--keep-last=3")
+    # The newest by time is the one to continue, whatever the names say.
+    for age, name in enumerate(["last.pt", "step_00000003.pt", "step_00000001.pt"]):
+        os.utime(tmp_path / name, (time.time() - 100 * age, time.time() - 100 * age))
+    os.utime(tmp_path / "step_00000002.pt", (time.time() - 1000, time.time() - 1000))
+    capsys.readouterr()
+    run_train(tmp_path, "--model=lenet", "--max-steps=4", "--resume=auto")
+    assert f"resumed from {tmp_path / 'last.pt'} at epoch 0, step 3\n" in capsys.readouterr().out
+    assert logged_steps(tmp_path) == [1, 2, 3, 4]
+
+
 def test_sigkill_then_resume_auto_matches_uninterrupted(tmp_path):
     options = ["--model=lenet", "--epochs=2", "--max-steps=6", "--save-every-steps=2"]
-    options.append("--deterministic")
+    options += ["--deterministic", "--augment"]
     run_train(tmp_path / "whole", *options)
-    command = [sys.executable, "train.py", *tiny_args(tmp_path / "killed", *options)]
-    project_root = os.path.dirname(train.__file__)
-    process = subprocess.Popen(command, cwd=project_root, stdout=subprocess.DEVNULL)
-    metrics_path = tmp_path / "killed" / "metrics.jsonl"
+    killed = tmp_path / "killed"
+    process = start_train(tiny_args(killed, *options))
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
-        if metrics_path.exists() and '"step": 3,' in metrics_path.read_text():
+        if (killed / "metrics.jsonl").exists() and 3 in logged_steps(killed):
             break
         time.sleep(0.01)
     process.send_signal(signal.SIGKILL)
     assert process.wait() == -signal.SIGKILL
-    subprocess.run([*command, "--resume=auto"], cwd=project_root, check=True, capture_output=True)
-    assert_same_weights(tmp_path / "whole" / "last.pt", tmp_path / "killed" / "last.pt")
+    resumed = start_train([*tiny_args(killed, *options), "--resume=auto"])
+    out, err = resumed.communicate(timeout=120)
+    assert resumed.returncode == 0, err
+    # Killed after step 3 was logged: the newest checkpoint is of step 2 or, if the kill came a
+    # little late, a later one; never a run from scratch.
+    resumed_step = re.search(
+        rf"resumed from {re.escape(str(killed))}/\S+ at epoch \d, step (\d)\n", out
+    )
+    assert resumed_step and int(resumed_step.group(1)) >= 2, out
+    assert_same_weights(tmp_path / "whole" / "last.pt", killed / "last.pt")
 
 
 @pytest.mark.parametrize("model_name", sorted({MODEL, "lenet", "resnet18"}))
@@ -131,12 +169,51 @@ def test_finetune_freezes_the_backbone_and_replaces_the_head(tmp_path, capsys, m
     assert not torch.equal(after[f"{head}.weight"], initial_head.detach())
 
 
+def test_init_from_a_checkpoint_of_another_model_is_refused(tmp_path, capsys):
+    run_train(tmp_path / "mlp", "--model=mlp", "--max-steps=1")
+    code, err = train_fails(
+        capsys,
+        *tiny_args(
+            tmp_path / "run", "--model=lenet", f"--init-from={tmp_path / 'mlp' / 'last.pt'}"
+        ),
+    )
+    assert code == 1
+    assert err == (
+        f"error: {tmp_path / 'mlp' / 'last.pt'} holds a mlp model, this run builds lenet: "
+        "pass --model mlp, or a checkpoint of lenet\n"
+    )
+    weights = {"unrelated.weight": torch.zeros(3)}
+    torch.save(weights, tmp_path / "other.pt")
+    code, err = train_fails(
+        capsys,
+        *tiny_args(tmp_path / "run", "--model=lenet", f"--init-from={tmp_path / 'other.pt'}"),
+    )
+    assert code == 1 and "no tensor of" in err and "fits lenet" in err
+    assert not (tmp_path / "run").exists()
+
+
 def test_eval_only_reports_the_checkpoint_metrics(tmp_path, capsys):
     trained = run_train(tmp_path, "--model=lenet", "--max-steps=2")
-    evaluated = run_train(
-        tmp_path / "eval", "--model=lenet", "--eval-only", "--resume", str(tmp_path / "last.pt")
+    expected = {"val_loss": trained["val_loss"], "val_acc": trained["val_acc"]}
+    before = sorted(os.listdir(tmp_path))
+    resumed = run_train(
+        tmp_path, "--model=lenet", "--eval-only", f"--resume={tmp_path / 'last.pt'}"
     )
-    assert evaluated == {"val_loss": trained["val_loss"], "val_acc": trained["val_acc"]}
+    capsys.readouterr()
+    auto = run_train(tmp_path, "--model=lenet", "--eval-only", "--resume=auto")
+    assert resumed == auto == expected
+    assert f"evaluating {tmp_path / 'last.pt'}\n" in capsys.readouterr().out
+    assert sorted(os.listdir(tmp_path)) == before, "evaluation writes nothing"
+
+
+def test_eval_only_with_a_checkpoint_of_another_class_count_names_both(tmp_path, capsys):
+    run_train(tmp_path, "--model=lenet", "--max-steps=1")
+    code, err = train_fails(
+        capsys,
+        *tiny_args(tmp_path, "--model=lenet", "--num-classes=3", "--eval-only", "--resume=auto"),
+    )
+    assert code == 1
+    assert f"{tmp_path / 'last.pt'} was saved with --num-classes 10, this run uses 3" in err
 
 
 def test_amp_runs_the_forward_pass_in_bfloat16_on_cpu(tmp_path, monkeypatch):
@@ -150,6 +227,35 @@ def test_channels_last_reaches_the_model(tmp_path, monkeypatch):
     run_train(tmp_path, "--model=lenet", "--channels-last", "--in-channels=3", "--max-steps=1")
     images = seen[0][0]
     assert images.is_contiguous(memory_format=torch.channels_last) and not images.is_contiguous()
+
+
+def test_augment_crops_and_flips_each_image(tmp_path, monkeypatch):
+    """The model sees the images of a plain run, each shifted by up to 4 pixels and maybe
+    mirrored: the same pixels where the crop overlaps the image."""
+    seen = watch_forward(monkeypatch)
+    run_train(tmp_path / "plain", "--model=lenet", "--max-steps=1", "--image-size=32")
+    plain = seen[0][0].clone()
+    seen.clear()
+    run_train(tmp_path / "augmented", "--model=lenet", "--max-steps=1", "--augment")
+    augmented = seen[0][0]
+    assert augmented.shape == plain.shape and not torch.equal(augmented, plain)
+    background = -1.0  # zero padding, normalized
+    for image, original in zip(augmented, plain, strict=True):
+        matches = [
+            torch.equal(window[mask], shifted[mask])
+            for flip in (False, True)
+            for dy in range(-4, 5)
+            for dx in range(-4, 5)
+            for shifted in [shift(original.flip(-1) if flip else original, dy, dx, background)]
+            for window, mask in [(image, shifted != background)]
+        ]
+        assert any(matches), "an augmented image is no crop or flip of the original"
+
+
+def shift(image: torch.Tensor, dy: int, dx: int, fill: float) -> torch.Tensor:
+    padded = torch.nn.functional.pad(image, [4] * 4, value=fill)
+    height, width = image.shape[-2:]
+    return padded[:, 4 + dy : 4 + dy + height, 4 + dx : 4 + dx + width]
 
 
 def test_compile_wraps_the_model_and_saves_plain_keys(tmp_path, monkeypatch):
@@ -207,6 +313,16 @@ def test_warmup_then_onecycle_schedules_reach_the_optimizer(tmp_path):
     assert lrs[:peak] == sorted(lrs[:peak]) and lrs[peak:] == sorted(lrs[peak:], reverse=True)
 
 
+def test_a_resumed_run_follows_its_own_longer_schedule(tmp_path):
+    options = ["--model=lenet", "--lr=0.1", "--lr-scheduler=cosine"]
+    run_train(tmp_path / "short", *options, "--epochs=1")
+    run_train(tmp_path / "short", *options, "--epochs=2", "--resume=auto")
+    run_train(tmp_path / "long", *options, "--epochs=2")
+    lrs = [line["lr"] for line in read_metrics(tmp_path / "long") if line["kind"] == "step"]
+    resumed = [line["lr"] for line in read_metrics(tmp_path / "short") if line["kind"] == "step"]
+    assert resumed[4:] == pytest.approx(lrs[4:]) and resumed[4] == pytest.approx(0.05)
+
+
 class WritesAFile:
     """Unpickling this calls open(path, "w"): what a malicious checkpoint could do."""
 
@@ -218,12 +334,17 @@ class WritesAFile:
 
 
 @pytest.mark.parametrize("flags", [["--resume"], ["--init-from"], ["--eval-only", "--resume"]])
-def test_a_malicious_checkpoint_is_refused(tmp_path, flags):
+def test_a_malicious_checkpoint_is_refused(tmp_path, monkeypatch, capsys, flags):
+    # As on torch < 2.6, where torch.load unpickles anything unless told weights_only=True.
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     marker, evil = tmp_path / "pwned", tmp_path / "evil.pt"
     torch.save({"model": WritesAFile(str(marker))}, evil)
-    with pytest.raises(SystemExit) as exit_info:
-        run_train(tmp_path / "run", "--model=lenet", *flags, str(evil))
-    assert "refusing" in str(exit_info.value) and str(evil) in str(exit_info.value)
+    code, err = train_fails(
+        capsys, *tiny_args(tmp_path / "run", "--model=lenet", *flags, str(evil))
+    )
+    assert code == 1
+    assert f"cannot load checkpoint {evil}: it holds objects other than tensors" in err
+    assert "refusing to unpickle it" in err and err.count("\n") == 1
     assert not marker.exists()
 
 
@@ -234,51 +355,64 @@ def test_resume_auto_falls_back_past_a_corrupt_checkpoint(tmp_path, capsys):
     run_train(tmp_path, "--model=lenet", "--max-steps=4", "--save-every-steps=2", "--resume=auto")
     captured = capsys.readouterr()
     assert f"warning: cannot load checkpoint {last}" in captured.err
-    assert f"resumed from {tmp_path / 'step_00000002.pt'} at epoch 0, step 2" in captured.out
+    assert f"resumed from {tmp_path / 'step_00000002.pt'} at epoch 0, step 2\n" in captured.out
 
 
-def test_resuming_another_model_names_the_mismatch(tmp_path):
+def test_resuming_another_model_names_the_mismatch(tmp_path, capsys):
     run_train(tmp_path, "--model=lenet", "--max-steps=1")
-    with pytest.raises(SystemExit) as exit_info:
-        run_train(
+    code, err = train_fails(
+        capsys,
+        *tiny_args(
             tmp_path / "other",
             "--model=lenet",
             "--num-classes=3",
-            "--resume",
-            str(tmp_path / "last.pt"),
-        )
-    assert "--num-classes 10, this run uses 3" in str(exit_info.value)
+            f"--resume={tmp_path / 'last.pt'}",
+        ),
+    )
+    assert code == 1 and "--num-classes 10, this run uses 3" in err
 
 
-def test_a_failed_checkpoint_write_stops_cleanly_and_keeps_the_previous_one(tmp_path, monkeypatch):
+def test_a_failed_checkpoint_write_stops_cleanly_and_keeps_the_previous_one(
+    tmp_path, monkeypatch, capsys
+):
     run_train(tmp_path, "--model=lenet", "--max-steps=1")
     before = (tmp_path / "last.pt").read_bytes()
+    save = torch.save
 
-    def disk_full(*args, **kwargs):
-        raise OSError(28, "No space left on device")
+    def disk_full_half_way(state, target, *args, **kwargs):
+        """torch.save into a file that takes 1000 bytes, then fails as a full disk does."""
+        file = open(target, "wb") if isinstance(target, str | os.PathLike) else target
+        write, written = file.write, []
 
-    monkeypatch.setattr(torch, "save", disk_full)
-    with pytest.raises(SystemExit) as exit_info:
-        run_train(tmp_path, "--model=lenet", "--max-steps=2", "--resume=auto")
-    assert "could not save checkpoint" in str(exit_info.value)
-    assert "No space left on device" in str(exit_info.value)
+        def write_until_full(data):
+            if sum(written) + len(data) > 1000:
+                write(bytes(data)[: 1000 - sum(written)])
+                raise OSError(errno.ENOSPC, "No space left on device")
+            written.append(len(data))
+            return write(data)
+
+        file.write = write_until_full
+        try:
+            save(state, file, *args, **kwargs)
+        finally:
+            file.write = write
+            if file is not target:
+                file.close()
+
+    monkeypatch.setattr(torch, "save", disk_full_half_way)
+    code, err = train_fails(
+        capsys, *tiny_args(tmp_path, "--model=lenet", "--max-steps=2", "--resume=auto")
+    )
+    assert code == 1
+    assert err == (
+        f"error: could not save checkpoint {tmp_path / 'last.pt'}: No space left on device; "
+        "the previous checkpoint is intact\n"
+    )
     assert (tmp_path / "last.pt").read_bytes() == before
     assert not [name for name in os.listdir(tmp_path) if ".tmp-" in name]
 
 
-def test_tensorboard_writes_events_or_says_how_to_install_it(tmp_path):
-    try:
-        import tensorboard  # noqa: F401
-    except ImportError:
-        with pytest.raises(SystemExit) as exit_info:
-            run_train(tmp_path, "--model=lenet", "--max-steps=1", "--tensorboard")
-        assert "pip install tensorboard" in str(exit_info.value)
-        return
-    run_train(tmp_path, "--model=lenet", "--max-steps=1", "--tensorboard")
-    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
-
-
-def test_pretrained_weights_come_from_the_hub_cache_only(tmp_path, monkeypatch):
+def test_pretrained_weights_come_from_the_hub_cache_only(tmp_path, monkeypatch, capsys):
     import torchvision
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
@@ -286,10 +420,8 @@ def test_pretrained_weights_come_from_the_hub_cache_only(tmp_path, monkeypatch):
     cached = tmp_path / "torch" / "hub" / "checkpoints" / os.path.basename(url)
     args = ["--model=resnet18", "--weights=DEFAULT", "--freeze=backbone", "--max-steps=1"]
     args += ["--in-channels=3"]
-    with pytest.raises(SystemExit) as exit_info:
-        run_train(tmp_path / "run", *args)
-    assert f"put the file at {cached}" in str(exit_info.value)
-    assert "--download" in str(exit_info.value)
+    code, err = train_fails(capsys, *tiny_args(tmp_path / "run", *args))
+    assert code == 2 and f"put the file at {cached}" in err and "--download" in err
 
     torch.manual_seed(1)
     pretrained = torchvision.models.resnet18().state_dict()

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 import torch
-from conftest import read_metrics, tiny_args
+from conftest import logged_steps, tiny_args
 
 import checkpoint
 
@@ -45,7 +45,7 @@ train.main(sys.argv[1:])
 
 def test_two_gpus_train_over_nccl(tmp_path):
     if torch.cuda.device_count() < 2:
-        pytest.skip("needs 2 CUDA devices")
+        pytest.skip(f"needs 2 CUDA devices, this machine has {torch.cuda.device_count()}")
     marks = tmp_path / "marks"
     marks.mkdir()
     wrapper = tmp_path / "record_backend.py"
@@ -72,8 +72,7 @@ def test_two_gpus_train_over_nccl(tmp_path):
     assert process.returncode == 0, output[-3000:]
     backends = {path.name: path.read_text() for path in marks.iterdir()}
     assert backends == {"backend-0": "nccl", "backend-1": "nccl"}, output[-3000:]
-    steps = [line["step"] for line in read_metrics(output_dir) if line["kind"] == "step"]
-    assert steps == [1, 2]
+    assert logged_steps(output_dir) == [1, 2]
     state = checkpoint.load_checkpoint(output_dir / "last.pt")
-    assert state["step"] == 2 and "scaler" in state
+    assert state["progress"]["step"] == 2 and state["scaler"], "float16 without a GradScaler"
     assert not any(key.startswith("module.") for key in state["model"])

@@ -8,6 +8,7 @@ things. LeNet has no BatchNorm or dropout, so 2 processes x batch 4 must train e
 import json
 import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -16,8 +17,9 @@ import time
 
 import pytest
 import torch
-from conftest import MODEL, load_model_state, read_metrics
+from conftest import MODEL, load_model_state, logged_steps, read_metrics
 
+import checkpoint
 import train
 
 PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,35 +58,54 @@ rank = os.environ["RANK"]
 marks = os.environ["MARKS_DIR"]
 with open(os.path.join(marks, "started-" + rank), "w") as file:
     json.dump({{"pid": os.getpid(), "omp": os.environ.get("OMP_NUM_THREADS")}}, file)
-to_device, calls = train.to_device, []
+is_logged = train.is_logged
 
 
-def faulty_to_device(*args, **kwargs):
-    calls.append(1)  # one call per micro-batch: one per step here
-    if rank == "1" and len(calls) == int(os.environ["FAULT_STEP"]):
+def faulty_is_logged(step, *args):
+    # Asked once at the start of every optimizer step, with the step's number.
+    if rank == "1" and step == int(os.environ["FAULT_STEP"]):
         if os.environ["FAULT"] == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
         raise RuntimeError("injected fault")
-    return to_device(*args, **kwargs)
+    return is_logged(step, *args)
 
 
-train.to_device = faulty_to_device
+train.is_logged = faulty_is_logged
 train.main(sys.argv[1:])
 open(os.path.join(marks, "finished-" + rank), "w").close()
+"""
+
+# Stands in for train.py: every optimizer step takes STEP_SECONDS longer, so that a signal sent
+# while the run is going arrives before it ends.
+SLOW_TRAIN = """
+import os, sys, time
+
+sys.path.insert(0, {project!r})
+import train
+
+is_logged = train.is_logged
+
+
+def slow_is_logged(*args):
+    time.sleep(float(os.environ["STEP_SECONDS"]))
+    return is_logged(*args)
+
+
+train.is_logged = slow_is_logged
+train.main(sys.argv[1:])
 """
 
 # srun on one node: drop srun's own options, run the command once.
 FAKE_SRUN = '#!/bin/sh\nwhile [ "${1#-}" != "$1" ]; do shift; done\nexec "$@"\n'
 
 
-def launch(command, tmp_path, env=None) -> tuple[subprocess.CompletedProcess, float]:
-    """Run `command` in the project folder in its own process group; never leave it running."""
+def start(command, env=None) -> subprocess.Popen:
+    """`command` in the project folder, in its own process group, output in one text pipe."""
     full_env = dict(os.environ)
     full_env.pop("OMP_NUM_THREADS", None)
     full_env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + full_env.get("PATH", "")
     full_env.update(env or {})
-    start = time.monotonic()
-    process = subprocess.Popen(
+    return subprocess.Popen(
         command,
         cwd=PROJECT,
         env=full_env,
@@ -93,18 +114,25 @@ def launch(command, tmp_path, env=None) -> tuple[subprocess.CompletedProcess, fl
         text=True,
         start_new_session=True,
     )
+
+
+def finish(process: subprocess.Popen, tmp_path) -> subprocess.CompletedProcess:
+    """Wait for `process` (at most LAUNCH_TIMEOUT); never leave any of its group running."""
     try:
         output, _ = process.communicate(timeout=LAUNCH_TIMEOUT)
     except subprocess.TimeoutExpired:
         kill_group(process.pid)
         output, _ = process.communicate()
-        pytest.fail(f"{command} did not finish in {LAUNCH_TIMEOUT}s:\n{output[-3000:]}")
+        pytest.fail(f"{process.args} did not finish in {LAUNCH_TIMEOUT}s:\n{output[-3000:]}")
     finally:
         kill_group(process.pid)
-    elapsed = time.monotonic() - start
     with open(tmp_path / "launch.log", "a") as log:
         log.write(output)
-    return subprocess.CompletedProcess(command, process.returncode, output), elapsed
+    return subprocess.CompletedProcess(process.args, process.returncode, output)
+
+
+def launch(command, tmp_path, env=None) -> subprocess.CompletedProcess:
+    return finish(start(command, env), tmp_path)
 
 
 def kill_group(pid: int) -> None:
@@ -141,9 +169,8 @@ def run_faulty(tmp_path, fault: str, step: int, *args: str):
     wrapper.write_text(FAULTY_TRAIN.format(project=PROJECT))
     env = {"TRAIN_SCRIPT": str(wrapper), "MARKS_DIR": str(marks), "FAULT": fault}
     env["FAULT_STEP"] = str(step)
-    result, elapsed = run_ddp(tmp_path, *args, env=env)
+    result = run_ddp(tmp_path, *args, env=env)
     assert result.returncode != 0, result.stdout[-3000:]
-    assert elapsed < LAUNCH_TIMEOUT
     started = {path.name: json.loads(path.read_text()) for path in marks.glob("started-*")}
     assert sorted(started) == ["started-0", "started-1"], result.stdout[-3000:]
     assert not list(marks.glob("finished-*")), "a process finished although rank 1 failed"
@@ -169,9 +196,19 @@ def ddp_run(tmp_path_factory):
     torch.manual_seed(123)
     model = train.build_model("lenet", 10, 3, 32, None)
     torch.save({f"module.{k}": v for k, v in model.state_dict().items()}, init)
-    result, _ = run_ddp(tmp_path, f"--output-dir={output_dir}", f"--init-from={init}")
+    result = run_ddp(tmp_path, f"--output-dir={output_dir}", f"--init-from={init}")
     assert result.returncode == 0, result.stdout[-3000:]
     return output_dir, init, result.stdout
+
+
+@pytest.fixture(scope="module")
+def augmented_run(tmp_path_factory):
+    """An uninterrupted 2-process run with --augment: each process draws its own random crops,
+    so a resumed run ends equal to it only if every process gets its own random state back."""
+    tmp_path = tmp_path_factory.mktemp("augmented")
+    result = run_ddp(tmp_path, f"--output-dir={tmp_path / 'run'}", "--augment")
+    assert result.returncode == 0, result.stdout[-3000:]
+    return tmp_path / "run"
 
 
 def test_two_processes_write_one_checkpoint_and_one_metrics_file(ddp_run):
@@ -229,21 +266,57 @@ def test_a_failing_rank_stops_every_process(tmp_path):
     assert {record["omp"] for record in started.values()} == {str(max(cores // 2, 1))}
 
 
-def test_a_killed_run_resumes_under_slurm_and_ends_like_an_uninterrupted_one(ddp_run, tmp_path):
-    output_dir, init, _ = ddp_run
+def test_a_killed_rank_then_resume_auto_ends_like_an_uninterrupted_run(augmented_run, tmp_path):
     resumed_dir = tmp_path / "run"
-    args = [f"--output-dir={resumed_dir}", f"--init-from={init}", "--save-every-steps=2"]
+    args = [f"--output-dir={resumed_dir}", "--save-every-steps=2", "--augment"]
     run_faulty(tmp_path, "kill", 3, *args)
-    assert (resumed_dir / "step_00000002.pt").exists()
+    assert sorted(os.listdir(resumed_dir)) == ["last.pt", "metrics.jsonl", "step_00000002.pt"]
 
-    # slurm.sbatch on one node, with stand-ins for srun and scontrol; it adds --resume auto.
-    env = fake_slurm(tmp_path, FAKE_SRUN)
-    result, _ = launch(["bash", SBATCH, *COMMON, "--batch-size=4", *args], tmp_path, env)
+    result = run_ddp(tmp_path, *args, "--resume=auto")
     assert result.returncode == 0, result.stdout[-3000:]
-    assert "resumed from" in result.stdout and "step 2" in result.stdout
-    assert "--rdzv-backend c10d" in result.stdout
+    assert f"resumed from {resumed_dir / 'last.pt'} at epoch 0, step 2\n" in result.stdout
+    assert_same_run(resumed_dir, augmented_run)
 
-    resumed, uninterrupted = read_metrics(resumed_dir), read_metrics(output_dir)
+
+def test_the_time_limit_signal_saves_then_requeues_and_the_requeued_job_resumes(
+    augmented_run, tmp_path
+):
+    """slurm.sbatch on one node, with stand-ins for srun and scontrol: SLURM's USR1 becomes a
+    SIGTERM for torchrun, which passes it to both processes; they stop at one step, rank 0 saves,
+    the job requeues itself, and the requeued job continues to the same end."""
+    output_dir = tmp_path / "run"
+    args = [*COMMON, "--batch-size=4", "--augment", f"--output-dir={output_dir}"]
+    wrapper = tmp_path / "slow_train.py"
+    wrapper.write_text(SLOW_TRAIN.format(project=PROJECT))
+    env = fake_slurm(tmp_path, FAKE_SRUN) | {"TRAIN_SCRIPT": str(wrapper), "STEP_SECONDS": "0.3"}
+    job = start(["bash", SBATCH, *args], env)
+    deadline = time.monotonic() + LAUNCH_TIMEOUT
+    while time.monotonic() < deadline and job.poll() is None:
+        if (output_dir / "metrics.jsonl").exists() and 2 in logged_steps(output_dir):
+            break
+        time.sleep(0.05)
+    job.send_signal(signal.SIGUSR1)  # what SLURM sends before the time limit (--signal=B:USR1@180)
+    result = finish(job, tmp_path)
+    stopped = re.search(r"stopped by SIGTERM at step (\d+): saved (\S+); continue", result.stdout)
+    assert result.returncode == 0 and stopped, result.stdout[-3000:]
+    step = int(stopped.group(1))
+    assert 2 <= step < STEPS and stopped.group(2) == str(output_dir / "last.pt")
+    assert checkpoint.load_checkpoint(output_dir / "last.pt")["progress"]["step"] == step
+    assert (tmp_path / "scontrol.log").read_text().splitlines()[-1] == "requeue 4242"
+
+    env["STEP_SECONDS"] = "0"
+    requeued = launch(["bash", SBATCH, *args], tmp_path, env)
+    assert requeued.returncode == 0, requeued.stdout[-3000:]
+    assert f"resumed from {output_dir / 'last.pt'} at epoch {step // 5}, step {step}\n" in (
+        requeued.stdout
+    )
+    assert "--rdzv-backend c10d" in requeued.stdout
+    assert_same_run(output_dir, augmented_run)
+
+
+def assert_same_run(resumed_dir, uninterrupted_dir) -> None:
+    """The same metrics lines and bit-identical weights."""
+    resumed, uninterrupted = read_metrics(resumed_dir), read_metrics(uninterrupted_dir)
     assert len(resumed) == len(uninterrupted)
     for resumed_record, record in zip(resumed, uninterrupted, strict=True):
         # An epoch's mean train loss is summed in another order after a resume; all else is exact.
@@ -252,7 +325,7 @@ def test_a_killed_run_resumes_under_slurm_and_ends_like_an_uninterrupted_one(ddp
             assert math.isclose(resumed_loss, loss, rel_tol=1e-12)
         assert resumed_record == record
     resumed_state = load_model_state(resumed_dir / "last.pt")
-    for key, value in load_model_state(output_dir / "last.pt").items():
+    for key, value in load_model_state(uninterrupted_dir / "last.pt").items():
         assert torch.equal(resumed_state[key], value), key
 
 
@@ -285,20 +358,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_the_time_limit_signal_requeues_the_job(tmp_path):
-    started = tmp_path / "srun-started"
-    env = {**os.environ, **fake_slurm(tmp_path, f"#!/bin/sh\ntouch {started}\nsleep 2\n")}
-    job = subprocess.Popen(["bash", SBATCH], cwd=PROJECT, env=env, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 10
-        while not started.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        job.send_signal(signal.SIGUSR1)  # what SLURM sends 3 minutes before the time limit
-        _, stderr = job.communicate(timeout=10)
-    finally:
-        job.kill()
-    assert job.returncode == 0, stderr.decode()
-    assert "requeue 4242" in (tmp_path / "scontrol.log").read_text()
+def test_the_time_limit_signal_reaches_srun_before_the_requeue(tmp_path):
+    log = tmp_path / "scontrol.log"
+    srun = f"#!/bin/sh\ntrap 'echo srun got TERM >> {log}; exit 143' TERM\n"
+    srun += f"touch {tmp_path}/started\nsleep 30 &\nwait $!\n"
+    job = start(["bash", SBATCH], fake_slurm(tmp_path, srun))
+    deadline = time.monotonic() + 10
+    while not (tmp_path / "started").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    job.send_signal(signal.SIGUSR1)
+    result = finish(job, tmp_path)
+    assert result.returncode == 0, result.stdout
+    assert log.read_text().splitlines()[-2:] == ["srun got TERM", "requeue 4242"]
 
 
 @pytest.mark.parametrize("script", [SCRIPT, SBATCH])

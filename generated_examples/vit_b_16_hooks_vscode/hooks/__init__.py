@@ -5,6 +5,8 @@ each hook's per-step summary lands in the step lines of metrics.jsonl under reco
 Write a new hook by subclassing hooks.base.Hook (see there) and adding it to HOOKS.
 """
 
+import argparse
+
 from torch import nn
 
 from hooks.activations import ActivationStats
@@ -17,6 +19,14 @@ HOOKS = {
     "gradients": GradientNorms,
     "nan_check": NanCheck,
 }
+
+
+def add_hook_arguments(parser: argparse.ArgumentParser) -> None:
+    """train.py's options for hooks."""
+    group = parser.add_argument_group("hooks")
+    group.add_argument("--hooks", default="", help=f"comma-separated: {', '.join(HOOKS)}")
+    group.add_argument("--hook-modules", default="", help="module-name globs, comma-separated")
+    group.add_argument("--hook-save-steps", type=int, default=0, help="save N steps' features")
 
 
 class HookSet:

@@ -5,7 +5,7 @@ the module's outputs in the step (all micro-batches, and every call of a module 
 the unbiased one, as torch.std. Values are taken in float32 right after the module ran, so an
 in-place op that follows (resnet's ReLU(inplace=True) after bn1) does not change them.
 
---hook-save-steps N also saves the feature maps of the first N steps of the run to
+--hook-save-steps N also saves the feature maps of the run's steps 1 to N to
 OUTPUT_DIR/features/step_XXXXXXXX.pt: {module: float32 CPU tensor}, each module's output of its
 first call in the step (the first micro-batch). Load with torch.load(path, weights_only=True).
 Under DDP only global rank 0 saves, and the statistics are rank 0's own batch.
@@ -17,13 +17,13 @@ import os
 import torch
 from torch import nn
 
-from hooks.base import Hook, is_main_process
+import distributed
+from hooks.base import Hook
 
 
 class ActivationStats(Hook):
     def __init__(self, module_glob: str = "", output_dir: str = ".", save_steps: int = 0):
         super().__init__(module_glob, output_dir, save_steps)
-        self.steps_started = 0
         self.saving = False
         self.stats: dict[str, list[torch.Tensor]] = {}  # module -> [mean, var, absmax] per call
         self.counts: dict[str, list[int]] = {}  # module -> elements per call
@@ -31,8 +31,7 @@ class ActivationStats(Hook):
 
     def start_step(self, step: int, record: bool) -> None:
         super().start_step(step, record)
-        self.steps_started += 1
-        self.saving = self.steps_started <= self.save_steps and is_main_process()
+        self.saving = step <= self.save_steps and distributed.is_main_process()
         self.active = record or self.saving
         self.stats, self.counts, self.features = {}, {}, {}
 

@@ -31,7 +31,6 @@ A new hook subclasses Hook, overrides what it needs and is added to HOOKS in hoo
 """
 
 import fnmatch
-import os
 
 import torch
 from torch import nn
@@ -163,13 +162,3 @@ def module_parameters(modules: list[tuple[str, nn.Module]]) -> list[tuple[str, s
         for name, module in modules
         for param_name, param in module.named_parameters(recurse=False)
     ]
-
-
-# From the launcher's environment (RANK, WORLD_SIZE) rather than a process group: the same code
-# serves single-process projects, and no collective is involved.
-def is_distributed() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0

@@ -18,7 +18,8 @@ import functools
 import torch
 from torch import nn
 
-from hooks.base import Hook, is_distributed, module_parameters
+import distributed
+from hooks.base import Hook, module_parameters
 
 
 class NanCheck(Hook):
@@ -58,7 +59,8 @@ class NanCheck(Hook):
             for (_, what, _), ok in zip(checks, finite, strict=True):
                 if not ok:
                     hint = ""
-                    if what.startswith("the gradient of parameter") and is_distributed():
+                    averaged = what.startswith("the gradient of parameter")
+                    if averaged and distributed.get_world_size() > 1:
                         hint = " (averaged over processes: another one may have the first NaN)"
                     raise FloatingPointError(f"NaN or Inf in {what} at step {self.step}{hint}")
         return {}

@@ -5,7 +5,7 @@ import os
 
 import pytest
 import torch
-from conftest import MODEL, read_metrics, run_train, tiny_args
+from conftest import MODEL, read_metrics, run_train, tiny_args, train_fails
 from torch import nn
 
 import train
@@ -226,7 +226,7 @@ def test_training_logs_hook_summaries(tmp_path):
     run_train(tmp_path, "--hooks", ALL_HOOKS, "--max-steps=2", "--log-every=1")
     steps = [record for record in read_metrics(tmp_path) if record["kind"] == "step"]
     assert [record["step"] for record in steps] == [1, 2]
-    args = train.parse_args(tiny_args(tmp_path))
+    args = train.parse_args(tiny_args(tmp_path / "defaults"))
     model = build_model(MODEL, args.num_classes, args.in_channels, args.image_size)
     names = [name for name, _ in select_modules(model)]
     for record in steps:
@@ -272,6 +272,7 @@ def test_hooks_only_on_logged_steps_and_feature_maps(tmp_path):
         (["--hook-save-steps=1"], "error: --hook-save-steps saves feature maps"),
     ],
 )
-def test_bad_hook_options_exit_with_a_message(tmp_path, extra, message):
-    with pytest.raises(SystemExit, match=message):
-        run_train(tmp_path, "--model=lenet", "--max-steps=1", *extra)
+def test_bad_hook_options_exit_with_a_message(tmp_path, capsys, extra, message):
+    code, err = train_fails(capsys, *tiny_args(tmp_path, "--model=lenet", "--max-steps=1", *extra))
+    assert code == 2 and err.startswith(message) and err.count("\n") == 1
+    assert not tmp_path.exists() or not list(tmp_path.iterdir())

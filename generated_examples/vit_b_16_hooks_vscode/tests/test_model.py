@@ -44,6 +44,15 @@ def test_first_loss_is_near_ln_num_classes():
     assert abs(loss - math.log(DEFAULTS.num_classes)) < 0.5, loss
 
 
+def test_every_layer_gets_gradient_on_the_first_step():
+    """Not only the head: a zero-initialized head would stop the gradient reaching the backbone."""
+    model = fresh_model()
+    images, labels = random_batch(8)
+    nn.functional.cross_entropy(model(images), labels).backward()
+    without = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.any()]
+    assert not without, f"no gradient reaches {without[:5]}"
+
+
 def test_overfits_one_small_batch():
     model = fresh_model()
     images, labels = random_batch(8)
