@@ -5,8 +5,8 @@ BIN := $(VENV)/bin
 PYTEST_WORKERS ?= 2
 VARIANT_GROUP ?=
 
-.PHONY: install demo test test-fast test-variants test-cuda test-wheel bundles wheel lint examples bench \
-	bench-quick clean
+.PHONY: install demo test test-fast test-min test-variants test-cuda test-wheel bundles wheel lint \
+	examples bench bench-quick clean
 
 install: $(VENV)/.installed
 
@@ -33,6 +33,13 @@ test: install bundles
 
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow"
+
+# The lowest declared versions (.ci/test-min): scaffold's fast tests in build/min/scaffold-venv,
+# each dependency pinned to its `>=` floor in pyproject.toml, then a generated lenet project's own
+# suite on the floors of torch, torchvision and tqdm. Needs no .venv; a venv is rebuilt only when
+# its pins change, so a second run is quick.
+test-min:
+	$(PYTHON) .ci/test-min --workers $(PYTEST_WORKERS)
 
 # The generated projects' own test suites (tests/test_variants.py -m slow). VARIANT_GROUP=N keeps
 # the variants of group N (`scaffold list variants`), one CI matrix job per group; empty: all.

@@ -502,46 +502,20 @@ def test_plain_copier_update_works(history, home, tmp_path):
 
 @pytest.mark.slow
 def test_set_ddp_adds_distributed_training(history, home, tmp_path):
+    """Every project can train under torchrun; --set ddp=true adds the scripts and tests for it."""
     project = new_project(tmp_path, home, history.v2, "--no-ddp")
-    assert not (project / "distributed.py").exists()
+    assert (project / "distributed.py").is_file() and not (project / "scripts").exists()
     result = scaffold_cli(
         "update", "--set", "ddp=true", cwd=project, env=environment(home, history.v2)
     )
     assert result.returncode == 0, result.stderr
     assert "re-rendered with ddp=true" in result.stdout
     assert answers(project)["ddp"] is True
-    assert (project / "distributed.py").is_file()
-    assert any(line.split() == ["created", "distributed.py"] for line in result.stdout.splitlines())
-    if (project / "tests" / "test_ddp.py").is_file():
-        command = [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-x",
-            "-p",
-            "no:cacheprovider",
-            "tests/test_ddp.py",
-        ]
-    else:
-        command = [
-            sys.executable,
-            "train.py",
-            "--epochs",
-            "1",
-            "--max-steps",
-            "2",
-            "--device",
-            "cpu",
-            "--workers",
-            "0",
-            "--fake-size",
-            "32",
-            "--batch-size",
-            "8",
-            "--output-dir",
-            "runs/ddp",
-        ]
+    created = {line.split()[1] for line in result.stdout.splitlines() if "created" in line.split()}
+    assert {"scripts/train_ddp.sh", "scripts/slurm.sbatch", "tests/test_ddp.py"} <= created
+    command = ["bash", "scripts/train_ddp.sh", "2", "--epochs=1", "--max-steps=2", "--device=cpu"]
+    command += ["--workers=0", "--dataset=fake", "--fake-size=32", "--batch-size=8"]
+    command += ["--output-dir=runs/ddp"]
     run = subprocess.run(
         command,
         cwd=project,
@@ -550,6 +524,7 @@ def test_set_ddp_adds_distributed_training(history, home, tmp_path):
         env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert (project / "runs" / "ddp" / "last.pt").is_file()
 
 
 # ---- --set that deletes files ---------------------------------------------------------------

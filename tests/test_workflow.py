@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import shlex
+import tomllib
+from importlib.machinery import SourceFileLoader
 from pathlib import Path
 
+import jinja2
 import pytest
 import yaml
 
@@ -14,6 +18,7 @@ from scaffold.variants import groups
 ROOT = Path(__file__).resolve().parent.parent
 WORKFLOW = ROOT / ".github" / "workflows" / "ci.yml"
 MAKEFILE = ROOT / "Makefile"
+TEST_MIN = ROOT / ".ci" / "test-min"
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +60,7 @@ def make_calls(workflow: dict) -> list[tuple[str, str]]:
 def test_the_workflow_is_valid_yaml_with_triggers_and_jobs(workflow):
     triggers = workflow.get("on", workflow.get(True))  # YAML 1.1 reads a bare `on` as true
     assert {"push", "pull_request"} <= set(triggers)
-    assert {"checks", "variants", "gpu"} <= set(workflow["jobs"])
+    assert {"checks", "variants", "gpu", "min-versions"} <= set(workflow["jobs"])
     for name, job in workflow["jobs"].items():
         assert job.get("runs-on"), f"job {name} has no runs-on"
         assert job.get("timeout-minutes"), f"job {name} has no timeout"
@@ -101,3 +106,51 @@ def test_the_gpu_job_runs_make_test_cuda_on_the_self_hosted_gpu_runner(workflow)
 def test_make_targets_parser():
     assert {"install", "test", "test-cuda", "lint", "examples"} <= set(make_targets())
     assert "VENV" not in make_targets() and "BIN" not in make_targets()
+
+
+# ---- make test-min: the lowest declared versions ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ci_test_min():
+    """.ci/test-min as a module (it has no .py suffix: it is the script `make test-min` runs)."""
+    loader = SourceFileLoader("ci_test_min", str(TEST_MIN))
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
+    loader.exec_module(module)
+    return module
+
+
+def test_the_min_versions_job_runs_make_test_min(workflow):
+    job = workflow["jobs"]["min-versions"]
+    assert job["runs-on"] == "ubuntu-latest"
+    assert ("min-versions", "test-min") in make_calls(workflow)
+    assert ".ci/test-min" in make_targets()["test-min"]
+    setup = next(step for step in job["steps"] if step.get("uses", "").startswith("actions/setup-"))
+    assert setup["with"]["python-version"] == "3.11"
+
+
+def test_make_test_min_pins_the_declared_floors(ci_test_min):
+    """The pins come from pyproject.toml on every run, so every dependency needs one `>=`."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pins, tools = ci_test_min.scaffold_requirements(project)
+    for requirement, pin in zip(project["dependencies"], pins, strict=True):
+        name, floor = pin.split("==")
+        assert ci_test_min.parse(requirement)[0] == name, (pin, requirement)
+        assert f">={floor}" in ci_test_min.parse(requirement)[1], (pin, requirement)
+    assert not {ci_test_min.parse(tool)[0] for tool in tools} & ci_test_min.TORCH_PACKAGES
+    with pytest.raises(ValueError, match="needs exactly one `>=` floor"):
+        ci_test_min.floor_pins(["typer<1"])
+
+
+def test_generated_projects_declare_floors_for_make_test_min(ci_test_min):
+    template = ROOT / "templates" / "project" / "template" / "pyproject.toml.jinja"
+    text = jinja2.Environment().from_string(template.read_text()).render(project_name="p")
+    pins = ci_test_min.floor_pins(tomllib.loads(text)["project"]["dependencies"])
+    assert {pin.split("==")[0] for pin in pins} >= {"torch", "torchvision", "tqdm"}
+
+
+def test_the_tests_make_test_min_leaves_out_exist(ci_test_min):
+    """pytest ignores a --deselect that names no test: a renamed one would run there, and fail."""
+    for node in ci_test_min.NEEDS_TORCH:
+        path, name = node.split("::")
+        assert f"\ndef {name}(" in (ROOT / path).read_text(), node
