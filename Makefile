@@ -5,8 +5,8 @@ BIN := $(VENV)/bin
 PYTEST_WORKERS ?= 2
 VARIANT_GROUP ?=
 
-.PHONY: install demo test test-fast test-min test-variants test-cuda test-wheel bundles wheel lint \
-	examples bench bench-quick clean
+.PHONY: install demo test test-fast test-min test-mutations test-variants test-cuda gpu-check test-wheel bundles \
+	wheel lint examples bench bench-quick clean
 
 install: $(VENV)/.installed
 
@@ -41,6 +41,11 @@ test-fast: install
 test-min:
 	$(PYTHON) .ci/test-min --workers $(PYTEST_WORKERS)
 
+# Named breaks of the code (.ci/mutations.py), one at a time, each run against the tests written to
+# catch it: prints "N of N caught" and fails if any break survives. Not part of `make test`.
+test-mutations: install bundles
+	$(BIN)/python .ci/mutations.py
+
 # The generated projects' own test suites (tests/test_variants.py -m slow). VARIANT_GROUP=N keeps
 # the variants of group N (`scaffold list variants`), one CI matrix job per group; empty: all.
 test-variants: install bundles
@@ -52,6 +57,13 @@ test-variants: install bundles
 # usable GPU this fails with "REQUIRE_CUDA=1 ... torch sees no CUDA device", it never skips.
 test-cuda: install bundles
 	REQUIRE_CUDA=1 $(BIN)/python -m pytest -m cuda -rs tests/test_variants.py
+
+# Everything a GPU machine checks, in one call: the CUDA tests above, then the GPU rows of
+# BENCHMARKS.md (benchmarks/run.py --device cuda). Without a GPU it fails at once, in one line.
+# It needs no `make install`: on a machine that cannot reach PyPI it takes python3 with a CUDA
+# torch and installs copier from wheels in build/wheels (benchmarks/gpu_check.sh says how).
+gpu-check:
+	@benchmarks/gpu_check.sh
 
 # Wheel and sdist; hatch_build.py puts the template history in both.
 wheel: install

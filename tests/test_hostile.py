@@ -15,6 +15,7 @@ NEW = [
     (["it's"], 2, 'invalid project name "it\'s"'),
     (['a"b'], 2, "invalid project name 'a\"b'"),
     (["a\nb"], 2, "invalid project name 'a\\nb'"),
+    (["abc\n"], 2, "invalid project name 'abc\\n'"),  # a regex $ would let this through
     (["{{ 7*7 }}"], 2, "invalid project name '{{ 7*7 }}'"),
     (["{% raw %}x"], 2, "invalid project name '{% raw %}x'"),
     (["${HOME}"], 2, "invalid project name '${HOME}'"),

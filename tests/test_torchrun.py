@@ -35,7 +35,8 @@ def test_a_project_made_without_ddp_trains_under_torchrun(tmp_path):
         command, cwd=project, env=env, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert sorted(os.listdir(project / "run")) == ["best.pt", "last.pt", "metrics.jsonl"]
+    files = ["best.pt", "config.json", "env.json", "last.pt", "metrics.jsonl"]
+    assert sorted(os.listdir(project / "run")) == files
     lines = [
         json.loads(line) for line in (project / "run" / "metrics.jsonl").read_text().splitlines()
     ]
@@ -43,3 +44,5 @@ def test_a_project_made_without_ddp_trains_under_torchrun(tmp_path):
     assert result.stdout.count("epoch 1: train_loss") == 1, "rank 0 alone prints"
     state = torch.load(project / "run" / "last.pt", weights_only=True)
     assert len(state["rng_per_rank"]) == 2, "two processes took part"
+    (record,) = json.loads((project / "run" / "env.json").read_text())["invocations"]
+    assert record["world_size"] == 2

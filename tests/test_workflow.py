@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import re
 import shlex
+import subprocess
 import tomllib
 from importlib.machinery import SourceFileLoader
 from pathlib import Path
@@ -154,3 +155,35 @@ def test_the_tests_make_test_min_leaves_out_exist(ci_test_min):
     for node in ci_test_min.NEEDS_TORCH:
         path, name = node.split("::")
         assert f"\ndef {name}(" in (ROOT / path).read_text(), node
+
+
+def test_make_test_runs_every_test():
+    """`make test` is the whole suite: nothing in its pytest call or pytest's configuration
+    selects tests away (the slow generated suites, test_faults, the benchmarks all run)."""
+    dry_run = subprocess.run(
+        ["make", "-n", "test"], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    calls = [shlex.split(line) for line in dry_run.stdout.splitlines() if "-m pytest" in line]
+    assert len(calls) == 1, dry_run.stdout
+    words = calls[0][calls[0].index("pytest") + 1 :]
+    selecting = ("-m", "-k", "--deselect", "--ignore", "--ignore-glob", "--lf", "--last-failed")
+    assert not [w for w in words if w.split("=")[0] in selecting or w.startswith("-m")], words
+    paths = [w for i, w in enumerate(words) if not w.startswith("-") and words[i - 1] != "-n"]
+    assert not paths, f"make test runs only {paths}"
+    options = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]
+    addopts = shlex.split(options["ini_options"].get("addopts", ""))
+    assert not [w for w in addopts if w.split("=")[0] in selecting or w.startswith("-m")]
+    assert options["ini_options"]["testpaths"] == ["tests"]
+
+
+def test_every_mutation_still_applies_and_runs_in_ci(workflow):
+    """`make test-mutations` lists at least 15 breaks, each of whose snippets is still in the code
+    (checked here in `make test`, so that moving code shows up before the mutation job runs)."""
+    spec = importlib.util.spec_from_file_location("mutations", ROOT / ".ci" / "mutations.py")
+    mutations = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mutations)
+    assert len(mutations.MUTATIONS) >= 15
+    assert len({mutation.name for mutation in mutations.MUTATIONS}) == len(mutations.MUTATIONS)
+    assert mutations.main(["--check"]) == 0
+    assert ("mutations", "test-mutations") in make_calls(workflow)
+    assert ".ci/mutations.py" in make_targets()["test-mutations"]

@@ -1,0 +1,343 @@
+#!/usr/bin/env python3
+"""`make test-mutations`: break the code on purpose, one named break at a time, and check that the
+tests written to catch each break fail.
+
+Each Mutation replaces one snippet (it must occur exactly once: a break that no longer applies is
+an error, not a skip) in a file of
+  - a generated project (PROJECTS: a lenet project, one made with --ddp, a resnet18 one),
+    rendered once into a scratch folder, or
+  - a copy of this repository ("repo": the scaffold package, its templates, its tests),
+then runs the named tests there and expects them to fail. First, each group of tests runs once
+unbroken: a test that fails already proves nothing.
+
+    python .ci/mutations.py            # every mutation; exit 1 if any survives
+    python .ci/mutations.py --list     # the names, targets and tests
+    python .ci/mutations.py --only resume-disabled,oldest-checkpoint
+    python .ci/mutations.py --check    # only that every snippet still applies (fast, no tests)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# `scaffold new` flags of each generated project a mutation can target.
+PROJECTS = {
+    "project": ["--model", "lenet"],
+    "ddp": ["--model", "lenet", "--ddp"],
+    "resnet": ["--model", "resnet18", "--no-hooks"],
+}
+
+
+@dataclass(frozen=True)
+class Mutation:
+    name: str
+    target: str  # a key of PROJECTS, or "repo"
+    path: str  # relative to the project or the repository
+    old: str
+    new: str
+    tests: tuple[str, ...]  # pytest node ids, relative to the same folder
+
+
+TRAIN = "tests/test_train.py::"
+RUNS = "tests/test_runs.py::"
+MUTATIONS = (
+    Mutation(
+        "resume-disabled",
+        "project",
+        "checkpoint.py",
+        "    for path in checkpoints_in(directory):\n",
+        "    for path in []:\n",
+        (
+            TRAIN + "test_resume_is_bit_exact",
+            TRAIN + "test_sigkill_then_resume_auto_matches_uninterrupted",
+        ),
+    ),
+    Mutation(
+        "rng-not-restored",
+        "project",
+        "checkpoint.py",
+        '    random.setstate(state["python"])\n    torch.set_rng_state(state["torch"].cpu())\n',
+        '    random.setstate(state["python"])\n',
+        (TRAIN + "test_resume_is_bit_exact",),
+    ),
+    Mutation(
+        "rng-of-rank-0-for-every-rank",
+        "ddp",
+        "checkpoint.py",
+        "state = per_rank[rank] if len(per_rank) == world_size else per_rank[0]",
+        "state = per_rank[0]",
+        ("tests/test_ddp.py::test_a_killed_rank_then_resume_auto_ends_like_an_uninterrupted_run",),
+    ),
+    Mutation(
+        "oldest-checkpoint",
+        "project",
+        "checkpoint.py",
+        "key=os.path.getmtime, reverse=True",
+        "key=os.path.getmtime",
+        (TRAIN + "test_resume_auto_takes_the_newest_checkpoint",),
+    ),
+    Mutation(
+        "save-not-atomic",
+        "project",
+        "checkpoint.py",
+        '    temporary = f"{path}.tmp-{os.getpid()}"\n    try:\n        with open(temporary, "wb")',
+        '    temporary = path\n    try:\n        with open(temporary, "wb")',
+        (TRAIN + "test_a_failed_checkpoint_write_stops_cleanly_and_keeps_the_previous_one",),
+    ),
+    Mutation(
+        "weights-only-dropped",
+        "project",
+        "checkpoint.py",
+        "torch.load(path, map_location=map_location, weights_only=True)",
+        "torch.load(path, map_location=map_location)",
+        (TRAIN + "test_a_malicious_checkpoint_is_refused",),
+    ),
+    Mutation(
+        "metrics-not-truncated-on-resume",
+        "project",
+        "loggers.py",
+        '                lines = file.readlines()[: state["lines"]]',
+        "                lines = file.readlines()",
+        (TRAIN + "test_resume_drops_the_lines_logged_after_its_checkpoint",),
+    ),
+    Mutation(
+        "tracker-resends-steps",
+        "project",
+        "loggers.py",
+        "        if step <= self.logged.get(kind, 0):\n",
+        "        if False:\n",
+        (
+            "tests/test_loggers.py::test_an_interrupted_run_is_one_mlflow_run_with_the_history_of_an_uninterrupted_one",
+        ),
+    ),
+    Mutation(
+        "head-initialised-to-zero",
+        "resnet",
+        "model.py",
+        "    nn.init.normal_(head.weight, std=0.01)",
+        "    nn.init.zeros_(head.weight)",
+        ("tests/test_model.py::test_every_layer_gets_gradient_on_the_first_step",),
+    ),
+    Mutation(
+        "augmentation-ignored",
+        "project",
+        "dataset.py",
+        "        if self.augment:\n            images = random_crop_and_flip",
+        "        if False:\n            images = random_crop_and_flip",
+        (TRAIN + "test_augment_crops_and_flips_each_image",),
+    ),
+    Mutation(
+        "stop-signals-ignored",
+        "project",
+        "runs.py",
+        "        self.received = self.received or number\n",
+        "        pass\n",
+        (RUNS + "test_a_signal_saves_then_stops_and_resume_auto_is_bit_exact",),
+    ),
+    Mutation(
+        "earlier-run-overwritten",
+        "project",
+        "runs.py",
+        "    if existing and not args.overwrite and not continues_run(args):",
+        "    if False:",
+        (RUNS + "test_an_output_dir_that_holds_a_run_is_refused_then_overwritten_on_request",),
+    ),
+    Mutation(
+        "zero-epochs-accepted",
+        "project",
+        "train.py",
+        'optim.add_argument("--epochs", type=count(1)',
+        'optim.add_argument("--epochs", type=count(0)',
+        (RUNS + "test_bad_options_are_one_line_and_change_nothing",),
+    ),
+    Mutation(
+        "gradient-accumulation-not-averaged",
+        "project",
+        "train.py",
+        "loss / accumulate if accumulate > 1 else loss",
+        "loss",
+        (TRAIN + "test_gradient_accumulation_matches_one_big_batch",),
+    ),
+    Mutation(
+        "validation-not-summed-across-ranks",
+        "ddp",
+        "train.py",
+        "    distributed.all_reduce_sum(totals)\n",
+        "",
+        ("tests/test_ddp.py::test_validation_is_exact_for_an_uneven_split",),
+    ),
+    Mutation(
+        "stale-cache-trusted",
+        "project",
+        "cache.py",
+        '    if manifest["sources"] != expected["sources"]:',
+        "    if False:",
+        ("tests/test_cache.py::test_a_changed_image_or_another_size_rebuilds",),
+    ),
+    Mutation(
+        "plot-only-the-first-run",
+        "project",
+        "plot.py",
+        "    for (name, records), color in zip(runs, colors, strict=True):",
+        "    for (name, records), color in zip(runs[:1], colors[:1], strict=True):",
+        ("tests/test_plot.py::test_curves_of_two_runs_overlaid",),
+    ),
+    Mutation(
+        "project-name-allows-a-trailing-newline",
+        "repo",
+        "scaffold/options.py",
+        r'PROJECT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*\Z")',
+        r'PROJECT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*$")',
+        ("tests/test_hostile.py",),
+    ),
+    Mutation(
+        "make-test-deselects-the-slow-tests",
+        "repo",
+        "Makefile",
+        "\t$(BIN)/python -m pytest -n $(PYTEST_WORKERS)\n",
+        '\t$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -m "not slow"\n',
+        ("tests/test_workflow.py::test_make_test_runs_every_test",),
+    ),
+    Mutation(
+        "a-generated-suite-that-skips-everything",
+        "repo",
+        "templates/project/template/tests/conftest.py.jinja",
+        "@pytest.fixture(autouse=True)\ndef cuda_or_skip(request):\n",
+        "@pytest.fixture(autouse=True)\ndef cuda_or_skip(request):\n"
+        '    pytest.skip("no CUDA device")\n',
+        ("tests/test_variants.py::test_the_generated_test_suite_passes_on_cpu[resnet34_cifar10]",),
+    ),
+    Mutation(
+        "new-force-overwrites-uncommitted-edits",
+        "repo",
+        "scaffold/render.py",
+        "    if uncommitted:\n        raise ScaffoldError(",
+        "    if False:\n        raise ScaffoldError(",
+        ("tests/test_cli.py::test_force_refuses_to_overwrite_uncommitted_changes",),
+    ),
+)
+
+
+def render(kind: str, into: Path, scaffold: list[str]) -> Path:
+    project = into / kind
+    command = [*scaffold, "new", str(project), "--no-git", *PROJECTS[kind]]
+    subprocess.run(command, check=True, capture_output=True)
+    return project
+
+
+def copy_repository(into: Path) -> Path:
+    """This checkout as it is on disk now: a clone (for the template history that `scaffold
+    update` needs) with the working tree's changes and new files copied over it."""
+    copy = into / "repo"
+    subprocess.run(["git", "clone", "--quiet", "--shared", str(ROOT), str(copy)], check=True)
+
+    def files(*options: str) -> list[str]:
+        listing = subprocess.run(
+            ["git", "ls-files", "-z", *options], cwd=ROOT, capture_output=True, text=True
+        )
+        return list(filter(None, listing.stdout.split("\0")))
+
+    for name in files("--cached", "--others", "--exclude-standard"):
+        if (ROOT / name).is_file():
+            (copy / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, copy / name)
+    for name in files("--deleted"):
+        (copy / name).unlink(missing_ok=True)
+    return copy
+
+
+def snippet_problem(mutation: Mutation, folder: Path) -> str | None:
+    path = folder / mutation.path
+    if not path.is_file():
+        return f"{mutation.name}: {mutation.path} does not exist"
+    count = path.read_text().count(mutation.old)
+    if count != 1:
+        return f"{mutation.name}: its snippet occurs {count} times in {mutation.path}, not once"
+    return None
+
+
+def run_tests(folder: Path, tests: tuple[str, ...], env: dict) -> tuple[int, str]:
+    command = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests]
+    done = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True)
+    return done.returncode, done.stdout + done.stderr
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", help="comma-separated mutation names")
+    parser.add_argument("--list", action="store_true", help="list the mutations and exit")
+    parser.add_argument("--check", action="store_true", help="only check that each applies")
+    args = parser.parse_args(argv)
+    chosen = list(MUTATIONS)
+    if args.only:
+        names = set(args.only.split(","))
+        unknown = names - {mutation.name for mutation in MUTATIONS}
+        if unknown:
+            parser.error(f"no mutation named {', '.join(sorted(unknown))}")
+        chosen = [mutation for mutation in MUTATIONS if mutation.name in names]
+    if args.list:
+        for mutation in chosen:
+            tests = ", ".join(mutation.tests)
+            print(f"{mutation.name:<45} {mutation.target:<8} {mutation.path}: {tests}")
+        return 0
+
+    scaffold = [sys.executable, "-m", "scaffold"]
+    with tempfile.TemporaryDirectory(prefix="scaffold-mutations-") as scratch:
+        scratch = Path(scratch)
+        repo = copy_repository(scratch)
+        env = {**os.environ, "PYTHONPATH": str(repo), "PYTHONDONTWRITEBYTECODE": "1"}
+        folders = {"repo": repo}
+        for kind in sorted({mutation.target for mutation in chosen} - {"repo"}):
+            folders[kind] = render(kind, scratch, scaffold)
+        problems = [p for m in chosen if (p := snippet_problem(m, folders[m.target]))]
+        if problems:
+            print("\n".join(problems) + "\nupdate .ci/mutations.py: the code has moved")
+            return 1
+        if args.check:
+            print(f"all {len(chosen)} mutations apply")
+            return 0
+
+        for target, folder in folders.items():
+            tests = tuple(dict.fromkeys(t for m in chosen if m.target == target for t in m.tests))
+            if not tests:
+                continue
+            print(f"unbroken {target}: {len(tests)} test selections ...", flush=True)
+            code, output = run_tests(folder, tests, env)
+            if code != 0:
+                print(output[-3000:] + f"\nthe tests fail in the unbroken {target}: fix that first")
+                return 1
+
+        survivors = []
+        for mutation in chosen:
+            path = folders[mutation.target] / mutation.path
+            original = path.read_text()
+            path.write_text(original.replace(mutation.old, mutation.new))
+            start = time.monotonic()
+            try:
+                code, output = run_tests(folders[mutation.target], mutation.tests, env)
+            finally:
+                path.write_text(original)
+            seconds = time.monotonic() - start
+            if code == 1:
+                print(f"caught    {mutation.name} ({seconds:.0f} s)", flush=True)
+            else:
+                survivors.append(mutation.name)
+                why = "the tests passed" if code == 0 else f"pytest exited {code}"
+                print(f"SURVIVED  {mutation.name}: {why}\n{output[-1500:]}", flush=True)
+    print(f"{len(chosen) - len(survivors)} of {len(chosen)} caught")
+    if survivors:
+        print(f"survived: {', '.join(survivors)}")
+    return 1 if survivors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
