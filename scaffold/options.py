@@ -35,8 +35,8 @@ DEPENDENCIES = (
 ).split()
 # tests/test_options.py checks that every top-level module the template writes is here.
 PROJECT_MODULES = (
-    "train model dataset checkpoint distributed hooks summary plot predict export loggers runs "
-    "tests conftest"
+    "train options model dataset cache checkpoint distributed hooks summary plot compare predict "
+    "export loggers runs tests conftest"
 ).split()
 
 
