@@ -125,7 +125,7 @@ MUTATIONS = (
         "model.py",
         "    nn.init.normal_(head.weight, std=0.01)",
         "    nn.init.zeros_(head.weight)",
-        ("tests/test_model.py::test_every_layer_gets_gradient_on_the_first_step",),
+        ("tests/test_model.py::test_gradient_reaches_the_input_and_every_layer_trains",),
     ),
     Mutation(
         "augmentation-ignored",
@@ -154,7 +154,7 @@ MUTATIONS = (
     Mutation(
         "zero-epochs-accepted",
         "project",
-        "train.py",
+        "options.py",
         'optim.add_argument("--epochs", type=count(1)',
         'optim.add_argument("--epochs", type=count(0)',
         (RUNS + "test_bad_options_are_one_line_and_change_nothing",),
