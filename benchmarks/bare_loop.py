@@ -3,8 +3,11 @@
 Same model (the project's own model.build_model, seeded as train.py seeds it), same optimizer
 (SGD, lr 0.05, momentum 0.9, weight decay 1e-4: train.py's defaults), same batch size, a plain
 torch DataLoader over the same dataset, the same number of optimizer steps; with --amp and
---channels-last the same autocast, GradScaler and memory format. Nothing else: no progress bar, no
-metrics, no LR schedule, no validation, no checkpoint, no hooks.
+--channels-last the same autocast, GradScaler and memory format. The same essential work on the
+data too: the datasets yield uint8 images, and both loops convert and normalize whole batches on
+the training device with the same three operators (to float, multiply, subtract), as the
+project's dataset.Preprocess does without --augment. Nothing else: no progress bar, no metrics,
+no running loss, no LR schedule, no validation, no checkpoint, no hooks.
 
 As a script (for peak-RSS measurements, figure 6):
 
@@ -19,6 +22,25 @@ import sys
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
+
+MEAN, STD = 0.5, 0.5  # the project's dataset.MEAN and STD
+
+
+class DataOptions(argparse.Namespace):
+    """The options the project's dataset.build_datasets reads. Any other option, one added to
+    train.py since, reads as None: off, as train.py's switches are by default."""
+
+    def __getattr__(self, name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return None
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels -> floats normalized by MEAN and STD; other batches pass unchanged."""
+    if images.dtype != torch.uint8:
+        return images
+    return images.float().mul_(1 / (255 * STD)).sub_(MEAN / STD)
 
 
 def plain_loader(dataset, batch_size: int, workers: int, pin_memory: bool, seed: int = 0):
@@ -55,7 +77,7 @@ def bare_train(
     step = 0
     while step < steps:
         for images, labels in loader:
-            images = images.to(device, non_blocking=True)
+            images = normalize(images.to(device, non_blocking=True))
             if channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             labels = labels.to(device, non_blocking=True)
@@ -93,7 +115,7 @@ def main(argv=None) -> None:
 
     torch.manual_seed(0)
     model = build_model(args.model, 10, 3, 32)
-    data_args = argparse.Namespace(
+    data_args = DataOptions(
         dataset=args.dataset,
         fake_size=args.fake_size,
         num_classes=10,

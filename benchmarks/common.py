@@ -12,6 +12,7 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / "benchmarks"
 PYTHON = sys.executable
 BIN = Path(sys.executable).parent
-NO_GPU = "no CUDA device"
+NO_GPU = "no GPU"
 
 
 @dataclass
@@ -192,44 +193,120 @@ def set_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-class StepClock:
-    """perf_counter() after every optimizer step of every optimizer in this process.
+class StepHooks:
+    """Calls every registered `callback(skipped)` once per training-loop iteration, on the thread
+    that ran it: at the end of each optimizer step (torch.optim's global step post-hook), and
+    where GradScaler skipped optimizer.step() because float16 gradients overflowed, at the end of
+    scaler.step() with skipped=True. Counting optimizer steps alone would lose those iterations:
+    a CUDA run with --amp skips a few of its first steps while the loss scale settles.
 
-    Registered with torch.optim's global step post-hook, so the generated train.py and the bare
-    loop are timed by the same code without touching either. On CUDA, the device is synchronised
-    only at the two steps that bound the timed window (not on every step, which would hide the
-    generated loop's own synchronisations).
+    Patching GradScaler.step (the class, for as long as a callback is registered) leaves both
+    loops unchanged; a disabled scaler calls optimizer.step() itself and is not counted twice.
+    """
+
+    callbacks: list = []
+    _handle = None
+    _original_scaler_step = None
+    _local = threading.local()
+
+    @classmethod
+    def add(cls, callback) -> None:
+        if not cls.callbacks:
+            cls._install()
+        cls.callbacks.append(callback)
+
+    @classmethod
+    def remove(cls, callback) -> None:
+        cls.callbacks.remove(callback)
+        if not cls.callbacks:
+            cls._uninstall()
+
+    @classmethod
+    def _fire(cls, skipped: bool) -> None:
+        for callback in list(cls.callbacks):
+            callback(skipped)
+
+    @classmethod
+    def _install(cls) -> None:
+        import torch
+        from torch.optim.optimizer import register_optimizer_step_post_hook
+
+        def after_step(optimizer, args, kwargs) -> None:
+            cls._local.steps = getattr(cls._local, "steps", 0) + 1
+            cls._fire(False)
+
+        original = torch.amp.GradScaler.step
+
+        def scaler_step(scaler, optimizer, *args, **kwargs):
+            before = getattr(cls._local, "steps", 0)
+            result = original(scaler, optimizer, *args, **kwargs)
+            if getattr(cls._local, "steps", 0) == before:
+                cls._fire(True)
+            return result
+
+        cls._handle = register_optimizer_step_post_hook(after_step)
+        cls._original_scaler_step = original
+        torch.amp.GradScaler.step = scaler_step
+
+    @classmethod
+    def _uninstall(cls) -> None:
+        import torch
+
+        cls._handle.remove()
+        torch.amp.GradScaler.step = cls._original_scaler_step
+        cls._handle = cls._original_scaler_step = None
+
+
+class StepClock:
+    """perf_counter() at the end of every training-loop iteration in this process (StepHooks):
+    every optimizer step, and every step GradScaler skipped, so the generated train.py and the
+    bare loop are timed by the same code without touching either. On CUDA, the device is
+    synchronised only at the two iterations that bound the timed window (not on every one, which
+    would hide the generated loop's own synchronisations). `skipped` counts the skipped steps.
     """
 
     def __init__(self, warmup: int, steps: int, cuda: bool):
         import torch
-        from torch.optim.optimizer import register_optimizer_step_post_hook
 
         self.warmup, self.steps, self.cuda = warmup, steps, cuda
         self.times: list[float] = []
         self.cpu_times: list[float] = []  # this process's CPU time, all threads
+        self.skipped = 0
+        self.started = time.perf_counter()  # time to the first step counts from here
         self._torch = torch
-        self.handle = register_optimizer_step_post_hook(self._tick)
+        StepHooks.add(self._tick)
 
-    def _tick(self, optimizer, args, kwargs) -> None:
-        if self.cuda and len(self.times) + 1 in (self.warmup, self.steps):
+    def _tick(self, skipped: bool) -> None:
+        if self.cuda and len(self.times) + 1 in (1, self.warmup, self.steps):
             self._torch.cuda.synchronize()
         self.times.append(time.perf_counter())
         self.cpu_times.append(time.process_time())
+        self.skipped += skipped
+
+    def first_step_seconds(self) -> float:
+        """From the clock's creation to the end of the first iteration: set-up (model, data,
+        CUDA context, cuDNN's choice of kernels) and one step."""
+        if not self.times:
+            raise RuntimeError("no training-loop iteration ran")
+        return self.times[0] - self.started
 
     def steps_per_second(self, cpu: bool = False) -> float:
-        """Optimizer steps per second from the end of step `warmup` to the end of the last one;
+        """Iterations per second from the end of iteration `warmup` to the end of the last one;
         with `cpu`, per second of this process's CPU time (robust when other processes load the
         machine: time spent waiting for a core is not counted)."""
         if len(self.times) < self.warmup + 1:
-            raise RuntimeError(f"only {len(self.times)} optimizer steps ran")
+            raise RuntimeError(
+                f"only {len(self.times)} training-loop iterations ran "
+                f"({self.skipped} of them skipped by GradScaler)"
+            )
         timed = (self.cpu_times if cpu else self.times)[self.warmup - 1 :]
         return (len(timed) - 1) / (timed[-1] - timed[0])
 
     def window_rate(self, window: int, cpu: bool = False) -> float:
-        """Steps per second from the median duration of consecutive `window`-step windows after
-        warm-up: a burst of load from another process spoils a few windows, not the figure.
-        With window = train.py's --log-every each window holds exactly one logged step."""
+        """Iterations per second from the median duration of consecutive `window`-iteration
+        windows after warm-up: a burst of load from another process spoils a few windows, not
+        the figure. With window = train.py's --log-every each window holds exactly one logged
+        step."""
         timed = (self.cpu_times if cpu else self.times)[self.warmup - 1 :]
         durations = [timed[i + window] - timed[i] for i in range(0, len(timed) - window, window)]
         if not durations:
@@ -237,7 +314,7 @@ class StepClock:
         return window / statistics.median(durations)
 
     def close(self) -> None:
-        self.handle.remove()
+        StepHooks.remove(self._tick)
 
 
 class RoundRobin:
@@ -246,7 +323,7 @@ class RoundRobin:
     random order, so that no loop always follows the same other one (which would give it the
     same caches and the same core every time: a bias of several percent for small models).
 
-    The turn passes in the global optimizer step post-hook, so the loops run unchanged: the
+    The turn passes at the end of each iteration (StepHooks), so the loops run unchanged: the
     generated train.main() and the bare loop alike. While one loop runs its step the others wait
     on a condition (holding neither the GIL nor a core), so every step runs alone, and the steps
     of all loops see the same load from the rest of the machine, step by step. Step k of a loop
@@ -259,9 +336,6 @@ class RoundRobin:
 
     def __init__(self, names: list[str], steps: int, timeout: float = 600, seed: int = 0):
         import random
-        import threading
-
-        from torch.optim.optimizer import register_optimizer_step_post_hook
 
         self.threading = threading
         self.order = list(names)
@@ -279,7 +353,7 @@ class RoundRobin:
         self.start = threading.Barrier(len(names), timeout=timeout)
         self.end = threading.Barrier(len(names), timeout=timeout)
         self.errors: dict[str, BaseException] = {}
-        self.handle = register_optimizer_step_post_hook(self._hook)
+        StepHooks.add(self._hook)
 
     def run(self, loops: dict) -> None:
         """Run {name: function} in threads, taking turns; re-raise the first error."""
@@ -293,7 +367,7 @@ class RoundRobin:
             for thread in threads:
                 thread.join()
         finally:
-            self.handle.remove()
+            StepHooks.remove(self._hook)
         if self.errors:
             name, error = next(iter(self.errors.items()))
             raise RuntimeError(f"loop {name} failed: {error!r}") from error
@@ -320,7 +394,7 @@ class RoundRobin:
         if self.round:
             self.turn = self.round.pop(0)
 
-    def _hook(self, optimizer, args, kwargs) -> None:
+    def _hook(self, skipped: bool) -> None:
         wall, cpu = time.perf_counter(), time.thread_time()
         name = self.thread_names.get(self.threading.get_ident())
         if name is None:
@@ -359,10 +433,13 @@ class RoundRobin:
 
 
 def in_memory_sets(torch, size: int, val_size: int, classes: int = 10, image_size: int = 32):
-    """Random images and labels as tensors (the same for a given size on every process)."""
+    """Random uint8 images and labels as tensors (the same for a given size on every process):
+    what the project's datasets yield, so both loops convert and normalize on the device."""
     generator = torch.Generator().manual_seed(1234)
     shape = (3, image_size, image_size)
-    images = torch.randn(size + val_size, *shape, generator=generator)
+    images = torch.randint(
+        0, 256, (size + val_size, *shape), generator=generator, dtype=torch.uint8
+    )
     labels = torch.randint(0, classes, (size + val_size,), generator=generator)
     return (images[:size], labels[:size]), (images[size:], labels[size:])
 

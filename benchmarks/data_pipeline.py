@@ -1,9 +1,10 @@
 """Figure 4: the generated DataLoader over an ImageFolder of small PNGs, against in-memory tensors.
 
 In one worker process: a folder of 32x32 RGB PNGs in 10 class folders (train/ and val/), read
-through the project's own dataset.build_datasets (--dataset folder: ImageFolder, resize, crop,
-ToTensor, Normalize) and dataset.build_loader, for 0, 1, 2... worker processes; the baseline is the
-same build_loader over dataset.InMemoryImages (tensors, no decoding).
+through the project's own dataset.build_datasets (--dataset folder: ImageFolder, decode, resize,
+crop, uint8 tensor) and dataset.build_loader, for 0, 1, 2... worker processes; the baseline is the
+same build_loader over dataset.InMemoryImages (uint8 tensors, no decoding). Training normalizes
+each batch after the loader, as train.py does, so the loaders deliver the same kind of images.
 
 Loader alone: samples per second over whole epochs after a first, untimed epoch (which starts
 the persistent workers). Training: the bare loop (bare_loop.py) fed by each loader, optimizer steps
@@ -13,7 +14,6 @@ of the in-memory rate.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -138,12 +138,12 @@ def worker(config: dict) -> dict:
 
     sys.path.insert(0, config["project"])
     import dataset
-    from bare_loop import bare_train
+    from bare_loop import DataOptions, bare_train
     from model import build_model
 
     folder = Path(config["folder"])
     make_images(folder, config["images"])
-    args = argparse.Namespace(
+    args = DataOptions(
         dataset="folder", data_dir=str(folder), num_classes=10, in_channels=3, image_size=32,
         augment=False, skip_bad_images=False, seed=0, fake_size=0,
     )  # fmt: skip

@@ -1,12 +1,17 @@
 """Run every benchmark of scaffold side by side, print the table and rewrite BENCHMARKS.md.
 
-    python benchmarks/run.py                # everything (`make bench`), about 10 minutes
+    python benchmarks/run.py                # everything (`make bench`), about 7 minutes
     python benchmarks/run.py --quick        # the same rows, fewer repetitions (`make bench-quick`)
-    python benchmarks/run.py --device cuda  # the training rows on a GPU, with --amp --channels-last
+    python benchmarks/run.py --device cuda --only 3,7 --output BENCHMARKS.md
+                                            # the GPU rows (`make gpu-check`), --amp --channels-last
 
 Figures are medians of repeated, interleaved runs, quoted as ratios against a baseline measured in
 the same session. The quick mode keeps the scripts working (tests/test_benchmarks.py); its numbers
 are too short to quote. Nothing here asserts a time: a missed target shows as MISSED in the table.
+
+A run on the GPU alone writes only its rows (and its "GPU run" section) into the report already
+there, every other row kept; any other run writes the whole report but keeps the GPU rows of an
+earlier GPU run where it measured none itself, and the section first_losses.py writes.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import data_pipeline  # noqa: E402
 import ddp  # noqa: E402
 import generation  # noqa: E402
 import memory  # noqa: E402
+import op_count  # noqa: E402
 import training  # noqa: E402
 from common import ROOT, Context, Row, load_average, machine  # noqa: E402
 
@@ -37,7 +43,9 @@ FIGURES = {
     4: ("Data pipeline", data_pipeline),
     5: ("DDP on CPU", ddp),
     6: ("Memory", memory),
+    7: ("Operators per step", op_count),
 }
+KEPT_SECTIONS = ["losses at default flags"]  # written by first_losses.py, kept by every run
 HEADER = ["#", "measurement", "scaffold / generated", "baseline", "ratio", "target", "result"]
 
 
@@ -157,9 +165,49 @@ def main(argv=None) -> int:
     if args.output:
         info = machine()
         report = render_report(args, rows, info, elapsed, timings, load_before, load_after, ctx)
-        Path(args.output).write_text(report, encoding="utf-8")
+        output = Path(args.output)
+        old = output.read_text(encoding="utf-8") if output.exists() else None
+        report = keep_other_runs(report, old, args, info, elapsed, timings, ctx)
+        output.write_text(report, encoding="utf-8")
         print(f"wrote {args.output}")
     return 0
+
+
+def keep_other_runs(report: str, old: str | None, args, info, elapsed, timings, ctx) -> str:
+    """What to write over `old`, the report already there. A GPU-only run (`make gpu-check`)
+    puts its measured rows and its section into the old report and changes nothing else; any
+    other run writes its whole report, but keeps the GPU rows and section of an earlier GPU run
+    when it measured none itself, and first_losses.py's section."""
+    import report as reporting
+
+    gpu_only = ctx.devices == ["cuda"]
+    names = {number: FIGURES[number][0] for number in timings}
+    if "cuda" in ctx.devices:
+        gpu = reporting.gpu_section(
+            command_line(args),
+            info,
+            elapsed,
+            {names[n]: t for n, t in timings.items()},
+            reporting.commands_text(FIGURES, ctx),
+        )
+    else:
+        gpu = reporting.no_gpu_section()
+    if old is None or "| # |" not in old:
+        return reporting.put_section(report, reporting.GPU_SECTION, gpu)
+    if gpu_only:
+        merged = reporting.merge_rows(old, report, overwrite_measured=True)
+        return reporting.put_section(merged, reporting.GPU_SECTION, gpu)
+    merged = reporting.put_section(report, reporting.GPU_SECTION, gpu)
+    if "cuda" not in ctx.devices:
+        merged = reporting.merge_rows(merged, old, overwrite_measured=False)
+        earlier = reporting.find_section(old, reporting.GPU_SECTION)
+        if earlier and "Not measured: no GPU" not in earlier:
+            merged = reporting.put_section(merged, reporting.GPU_SECTION, earlier)
+    for name in KEPT_SECTIONS:
+        earlier = reporting.find_section(old, name)
+        if earlier:
+            merged = reporting.put_section(merged, name, earlier)
+    return merged
 
 
 def command_line(args) -> str:

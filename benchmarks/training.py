@@ -2,20 +2,29 @@
 
 One worker process per (model, device), torch threads fixed (run.py --threads, default 1). The
 loops compared are the generated train.main(argv), unchanged, and bare_loop.bare_train: the same
-model, optimizer, batch size, data and number of steps, nothing else.
+model, optimizer, batch size, data and number of steps, and the same work on the data (uint8
+batches converted to float and normalized on the training device), nothing else.
 
-CPU: the loops run in one session, each in its own thread, taking turns one optimizer step at a
-time in a random order per round (common.RoundRobin): while one runs its step the others wait, so
-every step runs alone and all loops see the same load from the rest of the machine, step by step.
-A loop's step is timed from the moment it gets its turn back to the end of its next optimizer step
-(the global optimizer step post-hook), on the thread's CPU time and on the wall clock: everything
-the loop does per step, data loading, the progress bar and logging included. The timed steps (after
-a warm-up) are cut into windows of 10 steps, train.py's default --log-every, so every window holds
-exactly one logged step with its .item(), metrics line and progress-bar update. For each window the
-ratio is the generated loop's rate over the geometric mean of two bare loops' rates (bare and
-"again", both in the session); the figure is the median over windows and sessions. "Again" over
-bare is an A/A control: what noise alone gives. The ratio is quoted on CPU time, which waiting for
-a core on a shared machine does not inflate; the wall-time ratio is in the notes.
+A step is one iteration of a loop: an optimizer step, or a step that GradScaler skipped because
+float16 gradients overflowed (CUDA --amp, while the loss scale settles), so a run with skipped
+steps still reaches its count (common.StepHooks). Time to the first step is timed on its own,
+from the call of the loop to the end of its first iteration, in runs one at a time.
+
+CPU: the loops run in one session, each in its own thread, taking turns one step at a time in a
+random order per round (common.RoundRobin): while one runs its step the others wait, so every
+step runs alone and all loops see the same load from the rest of the machine, step by step. A
+loop's step is timed from the moment it gets its turn back to the end of its next step, on the
+thread's CPU time and on the wall clock: everything the loop does per step, data loading, the
+progress bar and logging included. train.py draws its progress bar only on a terminal; here the
+default variants draw it (into /dev/null) as on a terminal, the costlier case, and the "no bar"
+variants leave it off, as train.py does when its output goes to a log file. The timed steps
+(after a warm-up) are cut into windows of 10 steps, train.py's default --log-every, so every
+window holds exactly one logged step with its .item(), metrics line and progress-bar update. For
+each window the ratio is the generated loop's rate over the geometric mean of two bare loops'
+rates (bare and "again", both in the session); the figure is the median over windows and
+sessions. "Again" over bare is an A/A control: what noise alone gives. The ratio is quoted on CPU
+time, which waiting for a core on a shared machine does not inflate; the wall-time ratio is in
+the notes.
 
 Taking turns changes two things, both corrected: the progress bar redraws every 0.1 s of wall time,
 and with N loops taking turns 0.1 s holds N times fewer of one loop's steps, so tqdm gets
@@ -63,6 +72,7 @@ from common import (  # noqa: E402
     median,
     rate,
     run_worker,
+    seconds,
     set_threads,
     worker_main,
 )
@@ -78,8 +88,8 @@ HOOKS = ["--hooks", "activations,gradients"]
 FULL = {
     ("lenet", "cpu"): (32, 221, 20, 4),
     ("resnet18", "cpu"): (32, 36, 5, 2),
-    ("lenet", "cuda"): (32, 520, 20, 9),
-    ("resnet18", "cuda"): (32, 220, 20, 7),
+    ("lenet", "cuda"): (32, 420, 20, 7),
+    ("resnet18", "cuda"): (32, 220, 20, 5),
 }
 QUICK = {
     ("lenet", "cpu"): (32, 31, 10, 1),
@@ -87,7 +97,7 @@ QUICK = {
     ("lenet", "cuda"): (32, 120, 20, 1),
     ("resnet18", "cuda"): (32, 60, 20, 1),
 }
-# variant -> (train.py flags, progress bar replaced by a plain iterator)
+# variant -> (train.py flags, progress bar disabled as train.py does when stderr is no terminal)
 VARIANTS = {
     "default": ([], False),
     "hooks": (HOOKS, False),
@@ -109,7 +119,7 @@ PIECES = {
         "no logged steps, no bar",
         "no logged steps, no bar, no scheduler",
     ),
-    "the rest: loss / grad-accum-steps, float64 epoch loss, GradScaler (off), sampler, hooks "
+    "the rest: float64 running loss, GradScaler and autocast (off), sampler, hooks and stop-signal "
     "calls": ("no logged steps, no bar, no scheduler", "bare"),
     "hooks activations,gradients attached (forward hooks on every step)": (
         "hooks, no logged steps",
@@ -150,6 +160,11 @@ def measure(ctx: Context) -> list[Row]:
                     rows.append(
                         Row(3, f"steps/s {name}, {flags}", "—", "—", None,
                             f">= {TARGETS[variant]}", f"not measured: {reason}")
+                    )  # fmt: skip
+                if device == "cuda":
+                    rows.append(
+                        Row(3, f"time to the first step, {name}, default flags", "—", "—", None,
+                            "", f"not measured: {reason}")
                     )  # fmt: skip
                 continue
             variants = list(VARIANTS) if model == "lenet" and not ctx.quick else MAIN
@@ -228,6 +243,24 @@ def result_rows(name: str, batch: int, result: dict) -> list[Row]:
                 note=note,
             )
         )
+    first = result["first_step"]
+    ours, theirs = median(first["generated"]), median(first["bare"])
+    rows.append(
+        Row(
+            3,
+            f"time to the first step, {name}, default flags",
+            seconds(ours),
+            seconds(theirs) + " bare",
+            ours / theirs,
+            "",
+            "info",
+            note=f"median of {len(first['generated'])} and {len(first['bare'])} runs in a warm "
+            f"process (model, data, output folder, first step); the first run of the process "
+            f"(imports, {'CUDA context, ' if 'CUDA' in name else ''}hooks on) took "
+            f"{seconds(result['cold_first_step'])}; GradScaler skipped "
+            f"{result['skipped_steps']} optimizer steps in the timed runs",
+        )
+    )
     control = result["ratios"][clock]["again"]
     rows.append(
         Row(
@@ -282,22 +315,6 @@ def attribution(result: dict) -> dict[str, float] | None:
 # ---- the worker -------------------------------------------------------------------------------
 
 
-class NoBar:
-    """Stands in for tqdm in the variants without a progress bar."""
-
-    def __init__(self, iterable, **kwargs):
-        self.iterable = iterable
-
-    def __iter__(self):
-        return iter(self.iterable)
-
-    def set_postfix(self, **kwargs):
-        pass
-
-    def close(self):
-        pass
-
-
 def worker(config: dict) -> dict:
     set_threads(config["threads"])
     import threading
@@ -319,15 +336,17 @@ def worker(config: dict) -> dict:
     val_set = dataset.InMemoryImages(val_x, val_y)
     train.build_datasets = lambda args: (train_set, val_set)
 
-    # The progress bar: tqdm as train.py makes it, with mininterval scaled to the number of loops
-    # taking turns (see the module docstring), or none at all in the variants without a bar.
+    # The progress bar: train.py shows it only when stderr is a terminal, which a worker's is
+    # not. The default variants draw it as on a terminal (into /dev/null), with mininterval
+    # scaled to the number of loops taking turns (see the module docstring); the variants
+    # without a bar leave it disabled, as train.py does when its output goes to a log file.
     real_tqdm, local = train.tqdm, threading.local()
     bar_interval = [0.1]
+    null = open(os.devnull, "w")  # for the whole worker process
 
-    def progress_bar(iterable, **kwargs):
-        if getattr(local, "no_bar", False):
-            return NoBar(iterable)
-        return real_tqdm(iterable, mininterval=bar_interval[0], **kwargs)
+    def progress_bar(*args, **kwargs):
+        kwargs["disable"] = getattr(local, "no_bar", False)
+        return real_tqdm(*args, file=null, mininterval=bar_interval[0], **kwargs)
 
     train.tqdm = progress_bar
 
@@ -368,18 +387,27 @@ def worker(config: dict) -> dict:
         else:
             run_generated(kind, n_steps)
 
+    first_steps = {"generated": [], "bare": []}  # seconds to the first step, warm process
+
     def clocked(kind: str, n_steps: int = steps, n_warmup: int = warmup):
         clock = StepClock(n_warmup, n_steps, cuda)
         try:
             run(kind, n_steps)
         finally:
             clock.close()
+        first_steps["bare" if kind in ("bare", "again") else "generated"].append(
+            clock.first_step_seconds()
+        )
+        skipped[0] += clock.skipped
         return clock.window_rate(WINDOW), clock.window_rate(WINDOW, cpu=True)
+
+    skipped = [0]
 
     # Warm-up (lazy imports, allocator growth, kernel selection), then the checkpoint cost: short
     # runs of train.py one at a time, each ending with its per-epoch checkpoint.
     short = max(warmup // 2, 2)
     clocked("hooks", short + 1, short)
+    cold_start = first_steps["generated"].pop()  # lazy imports, CUDA context
     clocked("bare", short + 1, short)
     timing_saves[0] = True
     for _ in range(config["save_runs"]):
@@ -428,6 +456,9 @@ def worker(config: dict) -> dict:
         else "whole runs one after the other"
     )
     result["save_seconds"] = save_seconds
+    result["first_step"] = first_steps
+    result["cold_first_step"] = cold_start
+    result["skipped_steps"] = skipped[0]
     result["checkpoint_mib"] = median(checkpoint_bytes) / 2**20
     return result
 

@@ -1,4 +1,7 @@
 """benchmarks/run.py --quick keeps working: every figure runs and every row it prints has numbers.
+And the pieces the figures rest on: the step clock survives steps GradScaler skips, the operator
+counter sees what train.py adds to a step, `make gpu-check` fails in one line without a GPU, and a
+GPU run replaces only the GPU rows of BENCHMARKS.md.
 
 No timing is asserted (the figures depend on the machine and its load); BENCHMARKS.md itself is
 written only by the full run (`make bench`), so this test writes its report to a temporary file.
@@ -6,7 +9,9 @@ written only by the full run (`make bench`), so this test writes its report to a
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +19,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-FIGURES = {1, 2, 3, 4, 5, 6}
+BENCHMARKS = ROOT / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+FIGURES = {1, 2, 3, 4, 5, 6, 7}
 NUMBER = re.compile(r"\d")
 
 
@@ -54,7 +61,7 @@ def test_quick_benchmarks_print_and_write_a_complete_table(tmp_path):
             figure, what, value, baseline, ratio, target, verdict = row
             if verdict.startswith("not measured"):
                 # Only the GPU rows may be left out, and only on a machine without a GPU.
-                assert "CUDA" in what and "no CUDA device" in verdict, row
+                assert "CUDA" in what and verdict == "not measured: no GPU", row
                 continue
             assert NUMBER.search(value), f"no number measured: {row}"
             assert verdict in {"met", "**MISSED**", "info", "data-bound", "not data-bound"}, row
@@ -68,3 +75,173 @@ def test_quick_benchmarks_print_and_write_a_complete_table(tmp_path):
         assert section in written
     assert "load average" in written and "torch: " in written
     assert "scaffold new DEST --model lenet --no-git" in written
+    assert any("operators per step" in row[1] for row in table_rows(written))
+    assert "## GPU run" in written
+
+
+# ---- the step clock and skipped steps ---------------------------------------------------------
+
+
+def test_the_step_clock_counts_steps_that_grad_scaler_skipped():
+    """With float16 autocast, GradScaler skips optimizer.step() where the gradients overflowed
+    (CUDA --amp, while the loss scale settles). The clock counts loop iterations, so a run with
+    skipped steps still reaches its count. Here the first 3 losses are infinite, on the CPU."""
+    import torch
+    from common import StepClock, StepHooks
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 4)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu")
+    taken = []
+    optimizer.register_step_post_hook(lambda *args: taken.append(1))
+    clock = StepClock(warmup=2, steps=10, cuda=False)
+    try:
+        for step in range(10):
+            loss = model(torch.randn(16, 8)).square().mean()
+            if step < 3:
+                loss = loss * float("inf")
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+    finally:
+        clock.close()
+    assert len(taken) == 7, "the first 3 optimizer steps were skipped"
+    assert len(clock.times) == 10 and clock.skipped == 3
+    assert clock.steps_per_second() > 0 and clock.first_step_seconds() > 0
+    assert not StepHooks.callbacks
+    assert "scaler_step" not in torch.amp.GradScaler.step.__name__, "the patch is undone"
+
+
+# ---- operators and synchronisations per step ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lenet_project(tmp_path_factory):
+    from scaffold.options import NewProject
+    from scaffold.render import create_project
+
+    dest = tmp_path_factory.mktemp("ops") / "proj"
+    create_project(NewProject(dest=dest, model="lenet"), git=False)
+    return dest
+
+
+@pytest.mark.slow
+def test_ops_per_step_of_the_generated_loop_against_the_bare_loop(lenet_project, tmp_path):
+    """A proxy for GPU launch overhead: at default flags train.py dispatches at most 2 aten
+    operators more than the bare loop per un-logged step (its running loss: detach, add_), and
+    never waits for the device on an un-logged step."""
+    import op_count
+
+    result = op_count.count(lenet_project, "lenet", "cpu", work=tmp_path)
+    ours, bare = result["generated"]["unlogged"], result["bare"]["unlogged"]
+    added = ours["ops_added"]
+    assert ours["ops"] - bare["ops"] <= op_count.OPS_ALLOWED, f"train.py adds {added}"
+    assert ours["syncs"] == 0, ours["sync_names"]
+    assert bare["ops"] > 50 and bare["syncs"] == 0
+    logged = result["generated"]["logged"]
+    assert logged["sync_names"] == {"aten::_local_scalar_dense": 1}, "the logged loss's .item()"
+
+
+@pytest.mark.slow
+def test_ops_per_step_counter_sees_an_added_sync(lenet_project, tmp_path):
+    """The counter is not blind: one `.item()` and one `.tolist()` slipped into every step of a
+    copy of train.py show up as 2 synchronisations and 2 more operators per un-logged step."""
+    import op_count
+
+    project = tmp_path / "proj"
+    shutil.copytree(lenet_project, project)
+    train = project / "train.py"
+    text = train.read_text()
+    line = re.search(r"^( *)progress\.loss_sum \+= loss\.detach\(\)\n", text, re.M)
+    assert line, "the running loss of every step"
+    extra = f"{line[1]}loss.item(), loss.detach().reshape(1).tolist()\n"
+    train.write_text(text.replace(line[0], line[0] + extra))
+    result = op_count.count(project, "lenet", "cpu", work=tmp_path)
+    ours = result["generated"]["unlogged"]
+    assert ours["syncs"] == 2, ours["sync_names"]
+    assert set(ours["sync_names"]) == {"aten::_local_scalar_dense", "Tensor.tolist()"}
+
+
+# ---- make gpu-check ----------------------------------------------------------------------------
+
+
+def test_gpu_check_fails_in_one_line_without_a_gpu():
+    probe = "import torch; print(torch.cuda.is_available())"
+    has_gpu = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    if has_gpu.stdout.strip() == "True":
+        pytest.skip("this machine has a GPU: make gpu-check would run")
+    env = dict(os.environ, GPU_CHECK_PYTHON=sys.executable)
+    result = subprocess.run(
+        [str(BENCHMARKS / "gpu_check.sh")], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert result.returncode == 1
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gpu-check: no GPU: torch "), result.stderr
+    assert "sees no CUDA device" in lines[0]
+
+
+def test_make_gpu_check_calls_the_script():
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^\.PHONY:(.|\n)*?\bgpu-check\b", makefile, re.M)
+    assert "\ngpu-check:\n\t@benchmarks/gpu_check.sh\n" in makefile
+
+
+# ---- BENCHMARKS.md: a GPU run writes the GPU rows, a CPU run keeps them -------------------------
+
+
+def report_text(rows, notes: list[str]) -> str:
+    import run
+
+    return "\n".join(
+        ["# Benchmarks", "", "## Results", "", run.table(rows), "", "Notes:", ""]
+        + (notes or ["- none"])
+        + ["", "Missed targets:", "", "- none", "", "## What is timed", ""]
+    )
+
+
+def test_a_gpu_run_replaces_the_gpu_rows_and_a_cpu_run_keeps_them():
+    import report
+    from common import Row
+
+    cpu = Row(3, "steps/s lenet, CPU", "100 steps/s", "101 steps/s", 0.99, ">= 0.98", "met", "n1")
+    gpu_missing = Row(3, "steps/s lenet, CUDA", "—", "—", None, ">= 0.98", "not measured: no GPU")
+    ops_missing = Row(7, "operators per step, CUDA", "—", "—", None, "", "not measured: no GPU")
+    on_cpu = report_text([cpu, gpu_missing, ops_missing], ["- 3, steps/s lenet, CPU: n1"])
+    cpu_skipped = Row(3, "steps/s lenet, CPU", "—", "—", None, ">= 0.98", "not measured: --device")
+    gpu = Row(3, "steps/s lenet, CUDA", "900 steps/s", "1000 steps/s", 0.9, ">= 0.98", "MISSED")
+    first = Row(3, "time to the first step, lenet, CUDA", "2 s", "1.5 s", 1.3, "", "info")
+    on_gpu = report_text(
+        [cpu_skipped, gpu, first], ["- 3, steps/s lenet, CUDA: g1", "- 3, time to the first: x"]
+    )
+
+    merged = report.merge_rows(on_cpu, on_gpu, overwrite_measured=True)
+    rows = {row[1]: row for row in table_rows(merged)}
+    assert list(rows) == [
+        "steps/s lenet, CPU",
+        "steps/s lenet, CUDA",
+        "time to the first step, lenet, CUDA",
+        "operators per step, CUDA",
+    ]
+    assert rows["steps/s lenet, CPU"][2] == "100 steps/s", "the CPU row is kept"
+    assert rows["steps/s lenet, CUDA"][2] == "900 steps/s"
+    assert rows["operators per step, CUDA"][-1] == "not measured: no GPU"
+    assert "- 3, steps/s lenet, CPU: n1" in merged and "- 3, steps/s lenet, CUDA: g1" in merged
+    assert "- 3: steps/s lenet, CUDA: 0.900 (target >= 0.98)" in merged
+
+    # A later CPU run measures no GPU: it keeps the measured GPU rows, and its own CPU rows.
+    cpu_again = Row(3, "steps/s lenet, CPU", "99 steps/s", "98 steps/s", 1.01, ">= 0.98", "met")
+    fresh = report_text([cpu_again, gpu_missing, ops_missing], [])
+    kept = report.merge_rows(fresh, merged, overwrite_measured=False)
+    rows = {row[1]: row for row in table_rows(kept)}
+    assert rows["steps/s lenet, CPU"][2] == "99 steps/s"
+    assert rows["steps/s lenet, CUDA"][2] == "900 steps/s"
+    assert "time to the first step, lenet, CUDA" not in rows, "rows no run makes any more go"
+
+    block = report.section(report.GPU_SECTION, "## GPU run\n\nmeasured")
+    placed = report.put_section(on_cpu, report.GPU_SECTION, block, before="## What is timed")
+    assert placed.index("## GPU run") < placed.index("## What is timed")
+    again = report.put_section(placed, report.GPU_SECTION, report.no_gpu_section())
+    assert again.count("## GPU run") == 1 and "Not measured: no GPU" in again
