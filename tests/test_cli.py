@@ -240,7 +240,7 @@ def test_new_writes_a_committed_project_with_every_answer(tmp_path, capsys):
     expected |= {"image_size": 32, "dataset": "fake", "ddp": False, "vscode": True, "hooks": True}
     expected["template_version"] = scaffold.__version__
     assert {key: answers[key] for key in expected} == expected
-    assert 'default="lenet"' in (dest / "train.py").read_text()
+    assert 'default="lenet"' in (dest / "options.py").read_text()
     status = subprocess.run(
         ["git", "status", "--porcelain"], cwd=dest, capture_output=True, text=True, check=True
     )

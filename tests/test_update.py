@@ -1,7 +1,7 @@
 """`scaffold update` and `check-update` over a template history built here (issue 7).
 
 A throwaway "scaffold repository" gets two releases: v1.0.0 is the installed project template as
-it is, v1.1.0 changes the default learning rate (one line of train.py), its --help text (another
+it is, v1.1.0 changes the default learning rate (one line of options.py), its --help text (another
 line) and adds tests/test_defaults.py. scaffold.release turns each release into bundles (as the
 release step does), and SCAFFOLD_BUNDLE_DIR points the scaffold under test at them: v1 "before
 pip install -U", v2 after. HOME is a temporary folder, so ~/.cache/scaffold is too.
@@ -41,23 +41,23 @@ IDENTITY = {
 }
 
 
-def train_line(pattern: str) -> str:
-    """The one line of the template's train.py matching `pattern`, stripped: found, not spelled
-    here, so that rewording train.py does not break these tests (only removing the setting)."""
-    text = (template_dir("project") / "template" / "train.py.jinja").read_text()
+def options_line(pattern: str) -> str:
+    """The one line of the template's options.py matching `pattern`, stripped: found, not spelled
+    here, so that rewording options.py does not break these tests (only removing the setting)."""
+    text = (template_dir("project") / "template" / "options.py.jinja").read_text()
     found = [line.strip() for line in text.splitlines() if re.search(pattern, line)]
-    assert len(found) == 1, f"train.py.jinja has {len(found)} lines matching {pattern!r}"
+    assert len(found) == 1, f"options.py.jinja has {len(found)} lines matching {pattern!r}"
     return found[0]
 
 
-# v1.1.0 changes two lines of train.py (the default learning rate and its --help text); the user
+# v1.1.0 changes two lines of options.py (the default learning rate and its --help text); the user
 # changes a third, and in conflicting_project the first.
-LR_V1 = train_line(r"args\.lr = 0\.05 if")
-LR_V2 = LR_V1.replace("0.05", "0.1")
-LR_USER = LR_V1.replace("0.05", "0.02")
-HELP_V1 = train_line(r"help=.*default: 0\.05")
-HELP_V2 = HELP_V1.replace("0.05", "0.1")
-USER_V1 = train_line(r'"--log-every".*default=10\b')
+LR_V1 = options_line(r"args\.lr = 0\.01 if")
+LR_V2 = LR_V1.replace("0.01", "0.1")
+LR_USER = LR_V1.replace("0.01", "0.02")
+HELP_V1 = options_line(r"help=.*default: 0\.01")
+HELP_V2 = HELP_V1.replace("0.01", "0.1")
+USER_V1 = options_line(r'"--log-every".*default=10\b')
 USER_V2 = USER_V1.replace("default=10", "default=25")
 NEW_TEST = '''"""Added by template v1.1.0."""
 
@@ -158,9 +158,9 @@ def history(tmp_path_factory) -> History:
     git("tag", "v1.0.0", cwd=repo)
     build_bundles(repo, base / "v1")
 
-    train = repo / "templates" / "project" / "template" / "train.py.jinja"
-    replace_once(train, LR_V1, LR_V2)
-    replace_once(train, HELP_V1, HELP_V2)
+    options = repo / "templates" / "project" / "template" / "options.py.jinja"
+    replace_once(options, LR_V1, LR_V2)
+    replace_once(options, HELP_V1, HELP_V2)
     (repo / "templates" / "project" / "template" / "tests" / "test_defaults.py").write_text(
         NEW_TEST
     )
@@ -217,7 +217,7 @@ def status(project: Path) -> str:
 
 
 def user_edits(project: Path) -> None:
-    replace_once(project / "train.py", USER_V1, USER_V2)
+    replace_once(project / "options.py", USER_V1, USER_V2)
     (project / "my_notes.md").write_text("my own file\n")
     commit_all(project, "My changes")
 
@@ -337,22 +337,22 @@ def updated(history, home, tmp_path_factory):
 def test_update_applies_the_template_and_keeps_user_edits(updated, history, home):
     project, result, check_before, head = updated
     assert result.returncode == 0, result.stderr
-    train = (project / "train.py").read_text()
-    assert LR_V2 in train and HELP_V2 in train  # the template's changes
-    assert USER_V2 in train  # the user's edit
+    options = (project / "options.py").read_text()
+    assert LR_V2 in options and HELP_V2 in options  # the template's changes
+    assert USER_V2 in options  # the user's edit
     assert (project / "my_notes.md").read_text() == "my own file\n"
     assert (project / "tests" / "test_defaults.py").read_text() == NEW_TEST
     recorded = answers(project)
     assert recorded["_commit"] == "v1.1.0" and recorded["template_version"] == "1.1.0"
     assert recorded["_src_path"] == "~/.cache/scaffold/project.bundle"
-    assert 'TEMPLATE_VERSION = "1.1.0"' in train
+    assert 'TEMPLATE_VERSION = "1.1.0"' in (project / "train.py").read_text()
     # the component was updated too
     assert (project / "extras" / "thing.py").read_text() == "VALUE = 2\n"
     assert answers(project, ".copier-answers.extra-thing.yml")["_commit"] == "v1.1.0"
     # one line per file; nothing committed for the user (HEAD unchanged, changes unstaged)
     lines = result.stdout.splitlines()
     for verb, path in [
-        ("updated", "train.py"),
+        ("updated", "options.py"),
         ("created", "tests/test_defaults.py"),
         ("updated", ".copier-answers.yml"),
         ("updated", "extras/thing.py"),
@@ -388,7 +388,7 @@ def test_updated_project_tests_pass(updated):
 
 def conflicting_project(tmp_path: Path, history: History, home: Path) -> Path:
     project = new_project(tmp_path, home, history.v1)
-    replace_once(project / "train.py", LR_V1, LR_USER)
+    replace_once(project / "options.py", LR_V1, LR_USER)
     commit_all(project, "My learning rate")
     return project
 
@@ -397,14 +397,14 @@ def test_conflict_inline(history, home, tmp_path):
     project = conflicting_project(tmp_path, history, home)
     result = scaffold_cli("update", cwd=project, env=environment(home, history.v2))
     assert result.returncode == 1
-    assert any(line.split() == ["conflict", "train.py"] for line in result.stdout.splitlines())
-    assert result.stderr.startswith("error: conflicts in train.py")
+    assert any(line.split() == ["conflict", "options.py"] for line in result.stdout.splitlines())
+    assert result.stderr.startswith("error: conflicts in options.py")
     assert len(result.stderr.strip().splitlines()) == 1
-    train = (project / "train.py").read_text()
-    assert "<<<<<<< before updating" in train and ">>>>>>> after updating" in train
-    assert LR_USER in train and LR_V2 in train
-    assert HELP_V2 in train  # the rest of the update went in
-    assert "train.py" in git("diff", "--name-only", "--diff-filter=U", cwd=project)
+    options = (project / "options.py").read_text()
+    assert "<<<<<<< before updating" in options and ">>>>>>> after updating" in options
+    assert LR_USER in options and LR_V2 in options
+    assert HELP_V2 in options  # the rest of the update went in
+    assert "options.py" in git("diff", "--name-only", "--diff-filter=U", cwd=project)
 
 
 def test_conflict_rej(history, home, tmp_path):
@@ -413,15 +413,15 @@ def test_conflict_rej(history, home, tmp_path):
         "update", "--conflict", "rej", cwd=project, env=environment(home, history.v2)
     )
     assert result.returncode == 1
-    assert any(line.split() == ["conflict", "train.py"] for line in result.stdout.splitlines())
+    assert any(line.split() == ["conflict", "options.py"] for line in result.stdout.splitlines())
     # copier's rej mode: the file takes the template's version, the user's hunk goes to .rej
-    assert LR_USER in (project / "train.py.rej").read_text()
-    assert LR_V2 in (project / "train.py").read_text()
+    assert LR_USER in (project / "options.py.rej").read_text()
+    assert LR_V2 in (project / "options.py").read_text()
 
 
 def test_refuses_a_dirty_tree_or_no_git(history, home, tmp_path):
     project = new_project(tmp_path / "dirty", home, history.v1)
-    (project / "train.py").write_text((project / "train.py").read_text() + "# wip\n")
+    (project / "options.py").write_text((project / "options.py").read_text() + "# wip\n")
     before = status(project)
     result = scaffold_cli("update", cwd=project, env=environment(home, history.v2))
     assert result.returncode == 1
@@ -443,7 +443,7 @@ def test_dry_run_changes_nothing(history, home, tmp_path):
     result = scaffold_cli("update", "--dry-run", cwd=project, env=environment(home, history.v2))
     assert result.returncode == 0, result.stderr
     assert any(
-        line.split() == ["would", "update", "train.py"] for line in result.stdout.splitlines()
+        line.split() == ["would", "update", "options.py"] for line in result.stdout.splitlines()
     )
     assert any(
         line.split() == ["would", "create", "tests/test_defaults.py"]
@@ -497,7 +497,7 @@ def test_plain_copier_update_works(history, home, tmp_path):
     assert result.returncode == 0, result.stderr
     assert answers(project)["_commit"] == "v1.1.0"
     assert answers(project)["template_version"] == "1.1.0"  # from the released default
-    assert LR_V2 in (project / "train.py").read_text()
+    assert LR_V2 in (project / "options.py").read_text()
 
 
 @pytest.mark.slow
@@ -516,12 +516,13 @@ def test_set_ddp_adds_distributed_training(history, home, tmp_path):
     command = ["bash", "scripts/train_ddp.sh", "2", "--epochs=1", "--max-steps=2", "--device=cpu"]
     command += ["--workers=0", "--dataset=fake", "--fake-size=32", "--batch-size=8"]
     command += ["--output-dir=runs/ddp"]
+    path = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
     run = subprocess.run(
         command,
         cwd=project,
         capture_output=True,
         text=True,
-        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "PATH": path},  # torchrun
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert (project / "runs" / "ddp" / "last.pt").is_file()

@@ -6,16 +6,19 @@ Images travel as uint8 tensors (channels, height, width) at --image-size and --i
 is the one definition of what the model sees; train.py, predict.py and export.py all use it.
 """
 
+import glob
+import hashlib
 import math
 import os
 import sys
 
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, Sampler, random_split
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset, random_split
 from torchvision import datasets, transforms
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from cache import CachedImages, CacheError, cached, whole_batch
 from runs import ignore_stop_signals
 
 MEAN, STD = 0.5, 0.5  # of every channel, for pixel values scaled to [0, 1]
@@ -103,20 +106,20 @@ def random_crop_and_flip(images: torch.Tensor, padding: int) -> torch.Tensor:
     return padded[batch, rows[:, :, None], columns[:, None, :]].permute(0, 3, 1, 2)
 
 
-def fake_datasets(args, train_transform, val_transform):
+def fake_datasets(args, transform):
     """Random images and labels; sample i always comes from seed random_offset + i."""
     shape = (args.in_channels, args.image_size, args.image_size)
     train = datasets.FakeData(
-        args.fake_size, shape, args.num_classes, train_transform, random_offset=args.seed
+        args.fake_size, shape, args.num_classes, transform, random_offset=args.seed
     )
     val_size = max(args.fake_size // 4, 1)
     val = datasets.FakeData(
-        val_size, shape, args.num_classes, val_transform, random_offset=args.seed + 10**6
+        val_size, shape, args.num_classes, transform, random_offset=args.seed + 10**6
     )
     return train, val
 
 
-def folder_datasets(args, train_transform, val_transform):
+def folder_datasets(args, transform):
     """DATA_DIR/train and DATA_DIR/val, or one DATA_DIR split 90/10 by seed."""
     data_dir, num_classes = args.data_dir, args.num_classes
     if not os.path.isdir(data_dir):
@@ -124,19 +127,22 @@ def folder_datasets(args, train_transform, val_transform):
             f"data directory {data_dir} does not exist: pass --data-dir with one folder per class"
         )
     split_dirs = [os.path.join(data_dir, part) for part in ("train", "val")]
-    is_valid = image_checker(args.skip_bad_images)
+    # With --cache, the images are decoded (and so checked) when the cache is built.
+    is_valid = has_image_extension if args.cache else image_checker(args.skip_bad_images)
     try:
         if all(os.path.isdir(path) for path in split_dirs):
-            train = datasets.ImageFolder(split_dirs[0], train_transform, is_valid_file=is_valid)
-            val = datasets.ImageFolder(split_dirs[1], val_transform, is_valid_file=is_valid)
+            train = datasets.ImageFolder(split_dirs[0], transform, is_valid_file=is_valid)
+            val = datasets.ImageFolder(split_dirs[1], transform, is_valid_file=is_valid)
+            if args.cache:
+                train, val = cached_folder(train, "train", args), cached_folder(val, "val", args)
             classes = train.classes
         else:
-            full = datasets.ImageFolder(data_dir, is_valid_file=is_valid)
+            full = datasets.ImageFolder(data_dir, transform, is_valid_file=is_valid)
+            if args.cache:
+                full = cached_folder(full, "all", args)
             val_size = max(len(full) // 10, 1)
             generator = torch.Generator().manual_seed(args.seed)
-            train_part, val_part = random_split(full, [len(full) - val_size, val_size], generator)
-            train = TransformedSubset(train_part, train_transform, full.classes)
-            val = TransformedSubset(val_part, val_transform, full.classes)
+            train, val = random_split(full, [len(full) - val_size, val_size], generator)
             classes = full.classes
     except FileNotFoundError as error:
         raise DatasetError(f"{data_dir}: {error}") from None
@@ -145,6 +151,15 @@ def folder_datasets(args, train_transform, val_transform):
             f"{data_dir} has {len(classes)} class folders but --num-classes is {num_classes}"
         )
     return train, val
+
+
+def cached_folder(folder: datasets.ImageFolder, split: str, args) -> CachedImages:
+    name = f"folder-{split}-{hashlib.sha1(os.path.abspath(args.data_dir).encode()).hexdigest()[:8]}"
+    return cached(folder, [path for path, _ in folder.samples], name, args)
+
+
+def has_image_extension(path: str) -> bool:
+    return path.lower().endswith(IMG_EXTENSIONS)
 
 
 def image_checker(skip_bad_images: bool):
@@ -170,50 +185,37 @@ def image_checker(skip_bad_images: bool):
     return is_valid_image
 
 
-class TransformedSubset(Dataset):
-    """A subset of an untransformed dataset with its own transform, and its classes."""
-
-    def __init__(self, subset, transform, classes):
-        self.subset = subset
-        self.transform = transform
-        self.classes = classes
-
-    def __len__(self) -> int:
-        return len(self.subset)
-
-    def __getitem__(self, index: int):
-        image, label = self.subset[index]
-        return self.transform(image), label
+def cifar10_datasets(args, transform):
+    return torchvision_datasets(datasets.CIFAR10, "cifar-10-batches-py", args, transform)
 
 
-def cifar10_datasets(args, train_transform, val_transform):
-    return torchvision_datasets(
-        datasets.CIFAR10, "cifar-10-batches-py", args, train_transform, val_transform
-    )
+def mnist_datasets(args, transform):
+    return torchvision_datasets(datasets.MNIST, "MNIST/raw", args, transform)
 
 
-def mnist_datasets(args, train_transform, val_transform):
-    return torchvision_datasets(datasets.MNIST, "MNIST/raw", args, train_transform, val_transform)
-
-
-def torchvision_datasets(dataset_class, folder, args, train_transform, val_transform):
+def torchvision_datasets(dataset_class, folder, args, transform):
     """A torchvision dataset from --data-dir; fetched only with --download."""
     try:
         train = dataset_class(
-            args.data_dir, train=True, transform=train_transform, download=args.download
+            args.data_dir, train=True, transform=transform, download=args.download
         )
-        val = dataset_class(
-            args.data_dir, train=False, transform=val_transform, download=args.download
-        )
+        val = dataset_class(args.data_dir, train=False, transform=transform, download=args.download)
     except RuntimeError:
         raise DatasetError(
             f"{dataset_class.__name__} files not found in {os.path.join(args.data_dir, folder)}: "
             "put them there or pass --download"
         ) from None
+    if args.cache:
+        sources = sorted(glob.glob(os.path.join(args.data_dir, folder, "*")))
+        name = dataset_class.__name__.lower()
+        train = cached(train, sources, f"{name}-train", args)
+        val = cached(val, sources, f"{name}-val", args)
     return train, val
 
 
-# --dataset NAME -> builder(args, train_transform, val_transform) -> (train_set, val_set)
+# --dataset NAME -> builder(args, transform) -> (train_set, val_set); `transform` turns an image
+# into the uint8 tensor the model's batches are made of (image_transform).
+CACHEABLE = ("folder", "cifar10", "mnist")  # the datasets --cache can keep decoded
 DATASETS = {
     "fake": fake_datasets,
     "folder": folder_datasets,
@@ -240,11 +242,16 @@ def build_datasets(args) -> tuple[Dataset, Dataset]:
         )
     native_channels = NATIVE_CHANNELS.get(args.dataset, 3)
     transform = image_transform(native_channels, args.in_channels, args.image_size)
-    return DATASETS[args.dataset](args, transform, transform)
+    try:
+        return DATASETS[args.dataset](args, transform)
+    except CacheError as error:
+        raise DatasetError(str(error)) from None
 
 
 def class_names(dataset: Dataset) -> list[str] | None:
     """The names of the classes, in label order, where the dataset knows them (not FakeData)."""
+    if isinstance(dataset, Subset):
+        dataset = dataset.dataset
     names = getattr(dataset, "classes", None)
     return [str(name) for name in names] if names is not None else None
 
@@ -293,6 +300,10 @@ class ShardedSampler(Sampler[int]):
         return max(share - self.skip, 0)
 
 
+def is_cached(dataset: Dataset) -> bool:
+    return isinstance(dataset.dataset if isinstance(dataset, Subset) else dataset, CachedImages)
+
+
 def build_loader(dataset, sampler, batch_size, workers, pin_memory, seed):
     return DataLoader(
         dataset,
@@ -302,6 +313,7 @@ def build_loader(dataset, sampler, batch_size, workers, pin_memory, seed):
         pin_memory=pin_memory,
         persistent_workers=workers > 0,
         worker_init_fn=ignore_stop_signals,
+        collate_fn=whole_batch if is_cached(dataset) else None,
         # Its own generator: otherwise each new iterator draws from the global RNG and a resumed
         # run would see different random numbers than an uninterrupted one.
         generator=torch.Generator().manual_seed(seed),

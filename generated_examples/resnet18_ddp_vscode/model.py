@@ -119,6 +119,8 @@ def build_model(
         model.load_state_dict(pretrained_state_dict(name, weights))
         replace_head(model, name, num_classes)
     else:
+        if name.startswith("resnet"):
+            extra["zero_init_residual"] = True  # each residual block starts as the identity
         model = torchvision.models.get_model(name, num_classes=num_classes, **extra)
     # A small head starts the loss near ln(num_classes) (the default init of some heads starts
     # far from it); not a zero one, which would send the backbone no gradient on the first step.

@@ -1,10 +1,10 @@
 """Plot a run's metrics.jsonl: loss, validation accuracy and learning rate against the step.
 
-    python plot.py runs/train                        # writes runs/train/curves.png
-    python plot.py runs/a runs/b                     # both runs in one figure: ./curves.png
-    python plot.py --activations runs/train          # a --hooks activations run: each layer's
+    python plot.py runs/RUN                          # writes runs/RUN/curves.png
+    python plot.py runs/A runs/B                     # both runs in one figure: ./curves.png
+    python plot.py --activations runs/RUN            # a --hooks activations run: each layer's
                                                      # output mean and std over the steps
-    python plot.py runs/train --output /tmp/c.png
+    python plot.py runs/RUN --output /tmp/c.png
 
 Epoch metrics (validation loss and accuracy, the epoch's mean training loss) are drawn at the step
 where their epoch ended. --activations draws at most --max-layers layers (12): the third whose std

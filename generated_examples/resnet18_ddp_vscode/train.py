@@ -8,7 +8,6 @@ or show_summary() (--summary). fit() builds everything, restores a checkpoint wh
 alternates train_one_epoch() and evaluate(); a Checkpointer saves the whole training state.
 """
 
-import argparse
 import functools
 import json
 import math
@@ -28,27 +27,19 @@ import checkpoint
 import distributed
 import runs
 from dataset import (
-    DATASETS,
     DatasetError,
     Preprocess,
     ShardedSampler,
     build_datasets,
     build_loader,
     class_names,
-    dataset_channels_problem,
 )
-from loggers import TRACKERS, LoggerError, RunLog
-from model import (
-    HEADS,
-    MODEL_NAMES,
-    build_model,
-    download_weights,
-    freeze,
-    model_image_size_problem,
-    set_train_mode,
-)
+from loggers import RunLog
+from model import HEADS, build_model, download_weights, freeze, set_train_mode
+from options import parse_args, parse_list
 from summary import count_parameters, format_short, format_summary, summarize
 
+PROJECT_NAME = "resnet18_ddp_vscode"
 TEMPLATE_VERSION = "0.2.0"
 
 
@@ -59,191 +50,12 @@ class ConfigError(Exception):
 USER_ERRORS = (
     ConfigError,
     DatasetError,
-    LoggerError,
     checkpoint.CheckpointError,
     distributed.SetupError,
     runs.RunDirError,
     FloatingPointError,
     OSError,
 )
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Each option's default in --help, unless it has none to show (None, or an off switch)."""
-
-    def _get_help_string(self, action) -> str:
-        if action.default is None or action.default is False:
-            return action.help or ""
-        return super()._get_help_string(action)
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse, where a bad option is one line: what is wrong and where the options are listed
-    (the full usage stays in --help)."""
-
-    def error(self, message: str):
-        self.exit(2, f"error: {message} (see python train.py --help)\n")
-
-
-def count(minimum: int):
-    """An argparse type: a whole number of at least `minimum`."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        return value
-
-    return parse
-
-
-def real(low: float, high: float = math.inf, low_inclusive: bool = True):
-    """An argparse type: a finite number from `low` (included or not) up to `high` (excluded)."""
-    bounds = f"{'at least' if low_inclusive else 'above'} {low:g}"
-    if high < math.inf:
-        bounds += f" and below {high:g}"
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        too_low = value < low if low_inclusive else value <= low
-        if not math.isfinite(value) or too_low or value >= high:
-            raise argparse.ArgumentTypeError(f"must be {bounds}, got {text}")
-        return value
-
-    return parse
-
-
-def parse_args(argv=None):
-    parser = Parser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=HelpFormatter,
-    )
-    data = parser.add_argument_group("data")
-    data.add_argument(
-        "--dataset",
-        default="fake",
-        choices=list(DATASETS),
-        help="where the images come from",
-    )
-    data.add_argument("--data-dir", default="data", help="dataset root (folder, cifar10, mnist)")
-    data.add_argument("--download", action="store_true", help="allow downloading data and weights")
-    data.add_argument("--fake-size", type=count(1), default=512, help="training samples of 'fake'")
-    data.add_argument("--num-classes", type=count(2), default=10, help="classes")
-    data.add_argument("--in-channels", type=count(1), default=3, help="channels")
-    data.add_argument("--image-size", type=count(1), default=32, help="in pixels")
-    data.add_argument("--augment", action="store_true", help="random crops and flips")
-    data.add_argument(
-        "--skip-bad-images", action="store_true", help="skip unreadable images instead of stopping"
-    )
-    data.add_argument("--batch-size", type=count(1), default=32, help="per process")
-    data.add_argument("--workers", type=count(0), default=2, help="DataLoader worker processes")
-
-    model = parser.add_argument_group("model and fine-tuning")
-    model.add_argument(
-        "--model",
-        default="resnet18",
-        choices=MODEL_NAMES,
-        help="the network to train",
-    )
-    model.add_argument("--weights", help="torchvision pretrained weights: DEFAULT or a name")
-    model.add_argument("--init-from", help="start from this checkpoint or state_dict file")
-    model.add_argument("--freeze", default="none", help="none, backbone, or parameter-name globs")
-    model.add_argument(
-        "--backbone-lr-mult",
-        type=real(0),
-        help="backbone lr = lr * X (head keeps --lr; 0 freezes)",
-    )
-    model.add_argument(
-        "--summary", action="store_true", help="print every layer's shape and parameters, then exit"
-    )
-
-    optim = parser.add_argument_group("optimization")
-    optim.add_argument("--epochs", type=count(1), default=10, help="passes over the data")
-    optim.add_argument("--max-steps", type=count(1), help="stop after this many optimizer steps")
-    optim.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"], help="update rule")
-    optim.add_argument(
-        "--lr", type=real(0, low_inclusive=False), help="default: 0.05 for sgd, 0.001 for adamw"
-    )
-    optim.add_argument("--momentum", type=real(0, 1), default=0.9, help="SGD momentum")
-    optim.add_argument("--weight-decay", type=real(0), default=1e-4, help="L2 penalty")
-    optim.add_argument(
-        "--lr-scheduler",
-        default="cosine",
-        choices=["cosine", "step", "onecycle", "none"],
-        help="learning rate over the run",
-    )
-    optim.add_argument("--lr-step-epochs", type=count(1), default=30, help="period of 'step'")
-    optim.add_argument(
-        "--lr-gamma", type=real(0, low_inclusive=False), default=0.1, help="decay of 'step'"
-    )
-    optim.add_argument(
-        "--warmup-epochs", type=real(0), default=0.0, help="linear warm-up, in epochs"
-    )
-    optim.add_argument(
-        "--grad-accum-steps", type=count(1), default=1, help="micro-batches per optimizer step"
-    )
-    optim.add_argument(
-        "--clip-grad-norm", type=real(0, low_inclusive=False), help="clip the gradient norm to this"
-    )
-
-    run = parser.add_argument_group("run")
-    run.add_argument("--output-dir", help="default: a new folder under runs/ for every run")
-    run.add_argument("--overwrite", action="store_true", help="replace the run in --output-dir")
-    run.add_argument("--resume", help="a checkpoint path, or 'auto': the newest one of the run")
-    run.add_argument("--eval-only", action="store_true", help="validate the loaded weights, exit")
-    run.add_argument(
-        "--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: CUDA if any"
-    )
-    run.add_argument("--seed", type=int, default=0, help="of every random number generator")
-    run.add_argument("--deterministic", action="store_true", help="bit-reproducible kernels")
-    run.add_argument("--amp", action="store_true", help="bfloat16 on CPU, float16 on CUDA")
-    run.add_argument(
-        "--channels-last", action="store_true", help="NHWC memory format (fast with --amp on GPUs)"
-    )
-    run.add_argument("--compile", action="store_true", help="torch.compile the model")
-    run.add_argument("--log-every", type=count(1), default=10, help="steps between log lines")
-    run.add_argument("--logger", default="jsonl", help=f"comma-separated: {', '.join(TRACKERS)}")
-    run.add_argument("--save-every-steps", type=count(1), help="also checkpoint every N steps")
-    run.add_argument("--keep-last", type=count(1), default=3, help="step checkpoints to keep")
-    run.add_argument(
-        "--dist-timeout", type=count(1), default=600, help="seconds a collective may wait"
-    )
-    run.add_argument("--sync-bn", action="store_true", help="BatchNorm statistics across processes")
-
-    args = parser.parse_args(argv)
-    if args.lr is None:
-        args.lr = 0.05 if args.optimizer == "sgd" else 0.001
-    problem = options_problem(args)
-    if problem:
-        parser.error(problem)
-    return args
-
-
-def options_problem(args) -> str | None:
-    """What makes these options unable to work together (checked before anything runs)."""
-    image_size_problem = model_image_size_problem(args.model, args.image_size)
-    if image_size_problem:
-        return image_size_problem
-    channels_problem = dataset_channels_problem(args.dataset, args.in_channels)
-    if channels_problem:
-        return channels_problem
-    unknown = [name for name in parse_list(args.logger) if name not in TRACKERS]
-    if unknown:
-        return f"unknown --logger {', '.join(unknown)}; choose from: {', '.join(TRACKERS)}"
-    if args.eval_only and not (args.resume or args.init_from):
-        return "--eval-only needs weights: pass --resume PATH (or auto) or --init-from PATH"
-    if args.overwrite and args.resume:
-        return "--overwrite starts the run over, --resume continues it: pass one of them"
-    for option, path in (("--resume", args.resume), ("--init-from", args.init_from)):
-        if path and path != "auto" and not os.path.isfile(path):
-            return f"{option} {path}: no such file"
-    return runs.output_dir_problem(args)
 
 
 def main(argv=None) -> dict:
@@ -421,7 +233,8 @@ def fit(args, ctx: distributed.Context) -> dict:
     scheduler = build_scheduler(optimizer, args, data.steps_per_epoch, data.total_steps)
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=args.amp and ctx.device.type == "cuda")
     progress = Progress(torch.zeros((), dtype=torch.float64, device=ctx.device))
-    log = RunLog(output_dir, parse_list(args.logger), enabled=ctx.is_main)
+    params = {"project": PROJECT_NAME, "args": vars(args)}
+    log = RunLog(output_dir, parse_list(args.logger), params, enabled=ctx.is_main)
     checkpointer = checkpoint.Checkpointer(
         output_dir,
         {
@@ -449,9 +262,10 @@ def fit(args, ctx: distributed.Context) -> dict:
         checkpointer=checkpointer,
         stop=runs.StopSignals(),
     )
-    resume_from(args, output_dir, checkpointer)
+    resumed = resume_from(args, output_dir, checkpointer)
     # Everything that could refuse the options or the checkpoint has run: now write.
     runs.prepare_output_dir(output_dir, args)
+    runs.record_invocation(output_dir, args, ctx, TEMPLATE_VERSION, resumed)
     val_preprocess = Preprocess(channels_last=args.channels_last)
     log.open()
     with loop.stop:
@@ -476,8 +290,10 @@ def fit(args, ctx: distributed.Context) -> dict:
                     f"{metrics['val_loss']:.4f} val_acc {metrics['val_acc']:.4f} "
                     f"({time.perf_counter() - start:.1f}s)"
                 )
-        finally:
+        except BaseException:
             log.close()
+            raise
+    log.close(os.path.join(output_dir, checkpoint.LAST))
     return metrics
 
 
@@ -623,22 +439,23 @@ def build_data(args, ctx: distributed.Context) -> Data:
     )
 
 
-def resume_from(args, output_dir: str, checkpointer: checkpoint.Checkpointer) -> None:
+def resume_from(args, output_dir: str, checkpointer: checkpoint.Checkpointer) -> str | None:
     """Restore the training state from --resume: a path, or "auto", the newest valid
-    checkpoint in the output folder (none yet: the run starts at step 0)."""
+    checkpoint in the output folder (none yet: the run starts at step 0). Returns the path."""
     if not args.resume:
-        return
+        return None
     if args.resume == "auto":
         found = checkpoint.find_resume_checkpoint(output_dir)
         if found is None:
             print(f"no checkpoint in {output_dir} yet: starting at step 0")
-            return
+            return None
         path, state = found
     else:
         path, state = args.resume, checkpoint.load_checkpoint(args.resume)
     checkpointer.restore(state, path)
     progress = state["progress"]
     print(f"resumed from {path} at epoch {progress['epoch']}, step {progress['step']}")
+    return path
 
 
 def build_optimizer(model: nn.Module, args) -> torch.optim.Optimizer:
@@ -698,10 +515,6 @@ def checked(build, *arguments):
         return build(*arguments)
     except (ValueError, AssertionError, FileNotFoundError) as error:
         raise ConfigError(str(error) or f"{build.__name__} cannot take these options") from None
-
-
-def parse_list(text: str) -> list[str]:
-    return [item.strip() for item in text.split(",") if item.strip()]
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ SCRIPT = os.path.join(PROJECT, "scripts", "train_ddp.sh")
 SBATCH = os.path.join(PROJECT, "scripts", "slurm.sbatch")
 STEPS = 7  # 5 steps per epoch: the runs cross an epoch boundary
 LAUNCH_TIMEOUT = 60  # seconds a whole torchrun launch may take, failures included
+RECORDS = ["config.json", "env.json"]  # what every run folder holds beside checkpoints
 
 # 36 training samples; 9 validation samples, which 2 processes cannot split evenly. The sizes are
 # fixed here, whatever this project's defaults.
@@ -214,7 +215,7 @@ def augmented_run(tmp_path_factory):
 def test_two_processes_write_one_checkpoint_and_one_metrics_file(ddp_run):
     output_dir, _, output = ddp_run
     # Rank 0 alone writes: no second metrics file, no checkpoint per process, no temporary files.
-    assert sorted(os.listdir(output_dir)) == ["best.pt", "last.pt", "metrics.jsonl"]
+    assert sorted(os.listdir(output_dir)) == RECORDS + ["best.pt", "last.pt", "metrics.jsonl"]
     records = read_metrics(output_dir)
     assert [r["step"] for r in records if r["kind"] == "step"] == list(range(1, STEPS + 1))
     assert [r["epoch"] for r in records if r["kind"] == "epoch"] == [1, 2]
@@ -270,7 +271,11 @@ def test_a_killed_rank_then_resume_auto_ends_like_an_uninterrupted_run(augmented
     resumed_dir = tmp_path / "run"
     args = [f"--output-dir={resumed_dir}", "--save-every-steps=2", "--augment"]
     run_faulty(tmp_path, "kill", 3, *args)
-    assert sorted(os.listdir(resumed_dir)) == ["last.pt", "metrics.jsonl", "step_00000002.pt"]
+    assert sorted(os.listdir(resumed_dir)) == RECORDS + [
+        "last.pt",
+        "metrics.jsonl",
+        "step_00000002.pt",
+    ]
 
     result = run_ddp(tmp_path, *args, "--resume=auto")
     assert result.returncode == 0, result.stdout[-3000:]
@@ -385,3 +390,18 @@ def test_script_usage_errors():
     env = {**os.environ, "NNODES": "2", "RDZV_ENDPOINT": ""}
     result = subprocess.run(["bash", SCRIPT, "2"], capture_output=True, text=True, env=env)
     assert result.returncode == 2 and "RDZV_ENDPOINT" in result.stderr
+
+
+def test_one_process_builds_the_image_cache_while_the_other_waits(tmp_path):
+    from test_data import write_image_folder
+
+    write_image_folder(tmp_path / "data", per_class=10)
+    options = [f"--output-dir={tmp_path / 'run'}", "--dataset=folder", "--num-classes=2"]
+    options += [f"--data-dir={tmp_path / 'data'}", "--cache"]
+    result = run_ddp(tmp_path, *options)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert result.stdout.count("yet: building it") == 1, result.stdout[-3000:]
+    assert result.stdout.count("cached 20 images in") == 1
+    assert len(list((tmp_path / "data-cache").glob("*.u8"))) == 1
+    state = checkpoint.load_checkpoint(tmp_path / "run" / "last.pt")
+    assert len(state["rng_per_rank"]) == 2 and state["class_names"] == ["cat", "dog"]

@@ -104,6 +104,27 @@ def test_resume_is_bit_exact(
     assert read_metrics(tmp_path) == read_metrics(uninterrupted)
 
 
+def test_resume_drops_the_lines_logged_after_its_checkpoint(tmp_path, monkeypatch):
+    """Killed at the start of step 7: steps 5 and 6 were logged after the last checkpoint (the
+    end of epoch 1, step 4). The resumed run logs them again, once, as if it had never stopped."""
+    options = ["--model=lenet", "--epochs=2", "--deterministic", "--augment"]
+    run_train(tmp_path / "whole", *options)
+    is_logged = train.is_logged
+
+    def crash_at_step_7(step, *args):
+        if step == 7:
+            raise Crash
+        return is_logged(step, *args)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train, "is_logged", crash_at_step_7)
+        with pytest.raises(Crash):
+            run_train(tmp_path / "split", *options)
+    assert logged_steps(tmp_path / "split") == [1, 2, 3, 4, 5, 6]
+    run_train(tmp_path / "split", *options, "--resume=auto")
+    assert read_metrics(tmp_path / "split") == read_metrics(tmp_path / "whole")
+
+
 def test_resume_auto_takes_the_newest_checkpoint(tmp_path, capsys):
     run_train(tmp_path, "--model=lenet", "--max-steps=3", "--save-every-steps=1", "--keep-last=3")
     # The newest by time is the one to continue, whatever the names say.

@@ -44,13 +44,24 @@ def test_first_loss_is_near_ln_num_classes():
     assert abs(loss - math.log(DEFAULTS.num_classes)) < 0.5, loss
 
 
-def test_every_layer_gets_gradient_on_the_first_step():
-    """Not only the head: a zero-initialized head would stop the gradient reaching the backbone."""
+def test_gradient_reaches_the_input_and_every_layer_trains():
+    """The gradient reaches the input layer on the first step (a zero-initialized head would stop
+    it), and every parameter gets some within three steps (ResNets' zero-initialized last
+    BatchNorm of each block lets gradient into its block from the second step on)."""
     model = fresh_model()
     images, labels = random_batch(8)
-    nn.functional.cross_entropy(model(images), labels).backward()
-    without = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.any()]
-    assert not without, f"no gradient reaches {without[:5]}"
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    reached = set()
+    for step in range(3):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(images), labels).backward()
+        if step == 0:
+            first = next(p for p in model.parameters() if p.requires_grad)
+            assert first.grad is not None and first.grad.any(), "no gradient reaches the input"
+        reached |= {n for n, p in model.named_parameters() if p.grad is not None and p.grad.any()}
+        optimizer.step()
+    without = [name for name, _ in model.named_parameters() if name not in reached]
+    assert not without, f"no gradient in 3 steps: {without[:5]}"
 
 
 def test_overfits_one_small_batch():

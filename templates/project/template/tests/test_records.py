@@ -90,11 +90,13 @@ def test_compare_averages_the_repeats_of_a_setting(tmp_path, capsys):
     for seed in range(3):
         folders.append(tmp_path / f"lr1-seed{seed}")
         run_train(folders[-1], *SHORT, f"--seed={seed}", "--fake-size=16")
+    default_lr = train.parse_args([]).lr
     other = tmp_path / "lr2"
-    run_train(other, *SHORT, "--fake-size=16", "--lr=0.01")
+    run_train(other, *SHORT, "--fake-size=16", f"--lr={default_lr * 2}")
     capsys.readouterr()
     rows = compare.main([*map(str, folders), str(other), "--no-figure"])
-    assert [(row["group"], row["runs"]) for row in rows] == [("lr=0.05", 3), ("lr=0.01", 1)]
+    groups = [(row["group"], row["runs"]) for row in rows]
+    assert groups == [(f"lr={default_lr}", 3), (f"lr={default_lr * 2}", 1)]
     for name in compare.METRICS:
         finals = [read_metrics(folder)[-1][name] for folder in folders]
         assert rows[0][name] == (statistics.fmean(finals), statistics.stdev(finals))
@@ -102,7 +104,7 @@ def test_compare_averages_the_repeats_of_a_setting(tmp_path, capsys):
     table = capsys.readouterr().out.splitlines()
     assert table[0].split() == ["group", "runs", *compare.METRICS]
     mean, std = rows[0]["val_loss"]
-    assert table[1].startswith("lr=0.05  3") and f"{mean:.4f} ± {std:.4f}" in table[1]
+    assert table[1].startswith(f"lr={default_lr}  3") and f"{mean:.4f} ± {std:.4f}" in table[1]
 
 
 def test_compare_draws_each_settings_mean_over_epochs(tmp_path):
