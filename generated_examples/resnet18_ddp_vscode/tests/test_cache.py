@@ -13,6 +13,7 @@ import cache
 import checkpoint
 
 FOLDER = ["--dataset=folder", "--num-classes=2", "--model=lenet", "--batch-size=4", "--epochs=2"]
+FOLDER += ["--image-size=32", "--in-channels=3"]  # the images write_image_folder writes
 
 
 @pytest.fixture

@@ -28,6 +28,8 @@ from model import HEADS, build_model
 
 DEFAULTS = train.parse_args([])
 LENET_SHAPE = (DEFAULTS.num_classes, DEFAULTS.in_channels, DEFAULTS.image_size)
+# torchvision's models take images of 32 pixels or more (model.MIN_IMAGE_SIZES)
+TORCHVISION_SIZE = max(DEFAULTS.image_size, 32)
 
 # Two epochs of two steps, checkpoints at step 3 (mid-epoch) and at the end of each epoch. The
 # crops and flips of --augment draw random numbers every step: a resume that lost the random
@@ -165,11 +167,13 @@ def test_sigkill_then_resume_auto_matches_uninterrupted(tmp_path):
 @pytest.mark.parametrize("model_name", sorted({MODEL, "lenet", "resnet18"}))
 def test_finetune_freezes_the_backbone_and_replaces_the_head(tmp_path, capsys, model_name):
     pretrained, finetuned = tmp_path / "pretrained", tmp_path / "finetuned"
-    run_train(pretrained, f"--model={model_name}", "--max-steps=2")
+    size = DEFAULTS.image_size if model_name in ("lenet", "mlp") else TORCHVISION_SIZE
+    run_train(pretrained, f"--model={model_name}", "--max-steps=2", f"--image-size={size}")
     capsys.readouterr()
     run_train(
         finetuned,
         f"--model={model_name}",
+        f"--image-size={size}",
         "--num-classes=3",
         f"--init-from={pretrained / 'last.pt'}",
         "--freeze=backbone",
@@ -184,8 +188,7 @@ def test_finetune_freezes_the_backbone_and_replaces_the_head(tmp_path, capsys, m
     backbone = [key for key in after if not key.startswith(head + ".")]
     assert backbone and all(torch.equal(before[key], after[key]) for key in backbone)
     torch.manual_seed(0)
-    shape = (DEFAULTS.in_channels, DEFAULTS.image_size)
-    initial_head = build_model(model_name, 3, *shape).get_submodule(head).weight
+    initial_head = build_model(model_name, 3, DEFAULTS.in_channels, size).get_submodule(head).weight
     assert after[f"{head}.weight"].shape[0] == 3
     assert not torch.equal(after[f"{head}.weight"], initial_head.detach())
 
@@ -254,7 +257,7 @@ def test_augment_crops_and_flips_each_image(tmp_path, monkeypatch):
     """The model sees the images of a plain run, each shifted by up to 4 pixels and maybe
     mirrored: the same pixels where the crop overlaps the image."""
     seen = watch_forward(monkeypatch)
-    run_train(tmp_path / "plain", "--model=lenet", "--max-steps=1", "--image-size=32")
+    run_train(tmp_path / "plain", "--model=lenet", "--max-steps=1")
     plain = seen[0][0].clone()
     seen.clear()
     run_train(tmp_path / "augmented", "--model=lenet", "--max-steps=1", "--augment")
@@ -440,7 +443,7 @@ def test_pretrained_weights_come_from_the_hub_cache_only(tmp_path, monkeypatch, 
     url = torchvision.models.get_model_weights("resnet18").DEFAULT.url
     cached = tmp_path / "torch" / "hub" / "checkpoints" / os.path.basename(url)
     args = ["--model=resnet18", "--weights=DEFAULT", "--freeze=backbone", "--max-steps=1"]
-    args += ["--in-channels=3"]
+    args += ["--in-channels=3", f"--image-size={TORCHVISION_SIZE}"]
     code, err = train_fails(capsys, *tiny_args(tmp_path / "run", *args))
     assert code == 2 and f"put the file at {cached}" in err and "--download" in err
 
