@@ -371,7 +371,7 @@ def root_help() -> str:
         return ctx.get_help()
 
 
-def is_click_error(error: BaseException) -> bool:
+def is_command_line_error(error: BaseException) -> bool:
     """Click's errors (ClickException and its subclasses), told by their documented interface.
 
     Their classes live in `click.exceptions` up to Typer 0.25 and in a private copy of Click
@@ -407,7 +407,7 @@ def main(argv: list[str] | None = None) -> None:
         typer.echo(f"error: {error.strerror or error}{where}", err=True)
         sys.exit(1)
     except Exception as error:
-        if not is_click_error(error):
+        if not is_command_line_error(error):
             raise
         if hasattr(error, "ctx"):  # a usage error: Click gives it the context of the command
             command = error.ctx.command_path if error.ctx else "scaffold"

@@ -144,7 +144,7 @@ def test_every_parameter_is_declared_with_annotated():
             assert not isinstance(parameter.default, typer.models.ParameterInfo), name
 
 
-def test_the_package_imports_nothing_private_from_typer_or_click():
+def test_the_package_imports_nothing_private_from_typer():
     for path in Path(scaffold.__file__).parent.glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.Import):
@@ -190,7 +190,9 @@ class Context:
         (InterfaceOnly("Cannot open x", 1), (1, "error: Cannot open x\n")),
     ],
 )
-def test_click_errors_are_recognised_by_their_interface(capsys, monkeypatch, error, expected):
+def test_command_line_errors_are_recognised_by_their_interface(
+    capsys, monkeypatch, error, expected
+):
     def raising(**kwargs):
         raise error
 
@@ -199,7 +201,7 @@ def test_click_errors_are_recognised_by_their_interface(capsys, monkeypatch, err
     assert (code, err) == expected and out == ""
 
 
-def test_other_errors_are_not_mistaken_for_click_errors(capsys, monkeypatch):
+def test_other_errors_are_not_mistaken_for_command_line_errors(capsys, monkeypatch):
     def raising(**kwargs):
         raise LookupError("a bug")
 
