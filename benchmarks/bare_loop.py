@@ -1,7 +1,7 @@
 """The baseline: the plainest PyTorch loop that trains the same thing as a generated train.py.
 
 Same model (the project's own model.build_model, seeded as train.py seeds it), same optimizer
-(SGD, lr 0.05, momentum 0.9, weight decay 1e-4: train.py's defaults), same batch size, a plain
+(SGD, lr 0.01, momentum 0.9, weight decay 1e-4: train.py's defaults), same batch size, a plain
 torch DataLoader over the same dataset, the same number of optimizer steps; with --amp and
 --channels-last the same autocast, GradScaler and memory format. The same essential work on the
 data too: the datasets yield uint8 images, and both loops convert and normalize whole batches on
@@ -24,6 +24,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 MEAN, STD = 0.5, 0.5  # the project's dataset.MEAN and STD
+# train.py's SGD defaults (tests/test_benchmarks.py checks them against a generated options.py)
+LR, MOMENTUM, WEIGHT_DECAY = 0.01, 0.9, 1e-4
 
 
 class DataOptions(argparse.Namespace):
@@ -70,7 +72,9 @@ def bare_train(
     memory_format = torch.channels_last if channels_last else torch.preserve_format
     model.to(device, memory_format=memory_format)
     model.train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY
+    )
     criterion = nn.CrossEntropyLoss()
     scaler = torch.amp.GradScaler(device.type) if amp and device.type == "cuda" else None
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16

@@ -54,7 +54,11 @@ SECTION = "losses at default flags"
 # template's defaults; "default" alone takes the template as it is.
 OLD = ["--lr", "0.05"]  # template 0.2.0's SGD lr
 VARIANTS = {
-    "0.2.0 defaults": (OLD, "resnet_norms_at_one", "lr 0.05, no warm-up, torchvision's init"),
+    "0.2.0 defaults": (
+        OLD,
+        "resnet_norms_at_one",
+        "before: lr 0.05, no warm-up, torchvision's init (no zero-init), as in template 0.2.0",
+    ),
     "warm-up": (
         OLD + ["--warmup-epochs", "1"],
         "resnet_norms_at_one",
@@ -72,7 +76,12 @@ VARIANTS = {
         "zero_init_resnets",
         "--lr 0.01, and ResNets built with zero_init_residual=True",
     ),
-    "default": ([], None, "the template as it is now, no flags"),
+    "default": (
+        [],
+        None,
+        "after: the template as it is now, no flags: SGD lr 0.01, ResNets built with "
+        "zero_init_residual=True",
+    ),
     # Also measured while looking for the change:
     "warm-up + zero-init": (
         OLD + ["--warmup-epochs", "1"],

@@ -33,6 +33,8 @@ import ddp  # noqa: E402
 import generation  # noqa: E402
 import memory  # noqa: E402
 import op_count  # noqa: E402
+import prediction  # noqa: E402
+import trackers  # noqa: E402
 import training  # noqa: E402
 from common import ROOT, Context, Row, load_average, machine  # noqa: E402
 
@@ -44,6 +46,8 @@ FIGURES = {
     5: ("DDP on CPU", ddp),
     6: ("Memory", memory),
     7: ("Operators per step", op_count),
+    8: ("predict.py throughput", prediction),
+    9: ("Experiment trackers", trackers),
 }
 KEPT_SECTIONS = ["losses at default flags"]  # written by first_losses.py, kept by every run
 HEADER = ["#", "measurement", "scaffold / generated", "baseline", "ratio", "target", "result"]

@@ -1,7 +1,8 @@
 """benchmarks/run.py --quick keeps working: every figure runs and every row it prints has numbers.
 And the pieces the figures rest on: the step clock survives steps GradScaler skips, the operator
-counter sees what train.py adds to a step, `make gpu-check` fails in one line without a GPU, and a
-GPU run replaces only the GPU rows of BENCHMARKS.md.
+counter sees what train.py adds to a step, the tracker figure finds the steps that hold a record,
+the bare loop trains with train.py's optimizer defaults, `make gpu-check` fails in one line without
+a GPU, and a GPU run replaces only the GPU rows of BENCHMARKS.md.
 
 No timing is asserted (the figures depend on the machine and its load); BENCHMARKS.md itself is
 written only by the full run (`make bench`), so this test writes its report to a temporary file.
@@ -9,6 +10,7 @@ written only by the full run (`make bench`), so this test writes its report to a
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -21,8 +23,27 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = ROOT / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
-FIGURES = {1, 2, 3, 4, 5, 6, 7}
+FIGURES = {1, 2, 3, 4, 5, 6, 7, 8, 9}
 NUMBER = re.compile(r"\d")
+# Rows the quick run must print (the start of their "measurement"), with their targets.
+EXPECTED = {
+    "--cache: building the cache of": "",
+    "--cache: size on disk": "",
+    "--cache: opening the built cache": "",
+    "loader alone, --cache vs PNG ImageFolder (today's path), 0 workers": ">= 10",
+    "loader alone, --cache vs PNG ImageFolder (today's path), 2 workers": ">= 10",
+    "loader alone, --cache vs in-memory tensors, 0 workers": ">= 0.5",
+    "loader alone, --cache vs in-memory tensors, 2 workers": ">= 0.5",
+    "training lenet, batch 32, on --cache, 0 workers": ">= 0.95: not data-bound",
+    "steps/s train.py on --cache vs on in-memory tensors, lenet": ">= 0.9",
+    "steps/s train.py on PNGs (today's path) vs on in-memory tensors, lenet": "",
+    "images/s, predict.py on": "",
+    "where predict.py's time goes per image": "",
+    "steps/s on un-logged steps, --logger mlflow vs jsonl": ">= 0.98",
+    "one logged step, --logger mlflow vs jsonl": "",
+    "steps/s on all steps (every 10th logged), --logger mlflow vs jsonl": "",
+    "time to the first step, --logger mlflow vs jsonl": "",
+}
 
 
 def table_rows(text: str) -> list[list[str]]:
@@ -49,7 +70,7 @@ def test_quick_benchmarks_print_and_write_a_complete_table(tmp_path):
         cwd=tmp_path,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
@@ -69,6 +90,13 @@ def test_quick_benchmarks_print_and_write_a_complete_table(tmp_path):
                 assert verdict in {"met", "**MISSED**"} or "data-bound" in verdict, row
             if ratio != "—":
                 assert float(ratio) > 0, row
+        for start, target in EXPECTED.items():
+            found = [row for row in rows if row[1].startswith(start)]
+            assert found, f"no row {start!r}"
+            assert all(row[5] == (target or "—") for row in found), found
+        predictions = [row for row in rows if row[1].startswith("images/s, predict.py on")]
+        assert len(predictions) == 2 and all("bare model(x)" in row[3] for row in predictions)
+        assert len({row[1] for row in rows}) == len(rows), "every measurement has its own name"
 
     written = report.read_text()
     for section in ("## Machine", "## Commands", "## Results", "## What is timed"):
@@ -77,6 +105,10 @@ def test_quick_benchmarks_print_and_write_a_complete_table(tmp_path):
     assert "scaffold new DEST --model lenet --no-git" in written
     assert any("operators per step" in row[1] for row in table_rows(written))
     assert "## GPU run" in written
+    for title in ("### 8. predict.py throughput", "### 9. Experiment trackers"):
+        assert title in written
+    assert "train.main(): --model lenet" in written and "--cache --cache-dir $WORK" in written
+    assert "--logger mlflow" in written and "predict.predict(" in written
 
 
 # ---- the step clock and skipped steps ---------------------------------------------------------
@@ -114,9 +146,6 @@ def test_the_step_clock_counts_steps_that_grad_scaler_skipped():
     assert "scaler_step" not in torch.amp.GradScaler.step.__name__, "the patch is undone"
 
 
-# ---- operators and synchronisations per step ---------------------------------------------------
-
-
 @pytest.fixture(scope="module")
 def lenet_project(tmp_path_factory):
     from scaffold.options import NewProject
@@ -125,6 +154,71 @@ def lenet_project(tmp_path_factory):
     dest = tmp_path_factory.mktemp("ops") / "proj"
     create_project(NewProject(dest=dest, model="lenet"), git=False)
     return dest
+
+
+# ---- the tracker figure: which steps hold a record ----------------------------------------------
+
+
+def test_tracker_windows_put_the_record_of_step_10_in_step_11():
+    """durations[i] is step i + 2's; a logged step's record is written after its optimizer step,
+    so in the next step's time: the long steps here are 11, 21, 31..."""
+    import trackers
+
+    durations = [(0.001, 0.001)] * 60
+    for i in range(len(durations)):
+        if (i + 2) % 10 == 1:
+            durations[i] = (0.009, 0.004)
+    windows = trackers.windows(durations, warmup=5, clock=0)
+    assert len(windows) == 5
+    for unlogged, whole, logged in windows:
+        assert unlogged == pytest.approx(1000) and logged == 0.009
+        assert whole == pytest.approx(10 / 0.018)
+    assert {round(w[2], 3) for w in trackers.windows(durations, 5, clock=1)} == {0.004}
+
+
+@pytest.mark.slow
+def test_train_py_writes_a_record_between_its_step_and_the_next(lenet_project, tmp_path):
+    """What the tracker figure assumes of the generated loop: the record of step k is written
+    after k optimizer steps and before the next one (with --log-every 10: steps 10, 20, 23)."""
+    script = f"""
+import json, sys
+sys.path.insert(0, {str(BENCHMARKS)!r})
+from common import StepHooks
+import loggers, train
+steps, written = [0], []
+StepHooks.add(lambda skipped: steps.__setitem__(0, steps[0] + 1))
+original = loggers.RunLog.write
+def write(self, record):
+    if record["kind"] == "step":
+        written.append([record["step"], steps[0]])
+    original(self, record)
+loggers.RunLog.write = write
+train.main(["--max-steps", "23", "--workers", "0", "--device", "cpu", "--fake-size", "800",
+            "--epochs", "1", "--output-dir", {str(tmp_path / "run")!r}])
+print(json.dumps(written))
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=lenet_project, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    written = json.loads(result.stdout.strip().splitlines()[-1])
+    assert written == [[10, 10], [20, 20], [23, 23]]
+
+
+def test_the_bare_loop_trains_with_train_py_optimizer_defaults(lenet_project):
+    import bare_loop
+
+    probe = "import json, options; a = options.parse_args([]); "
+    probe += "print(json.dumps([a.optimizer, a.lr, a.momentum, a.weight_decay]))"
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=lenet_project, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    defaults = json.loads(result.stdout.strip().splitlines()[-1])
+    assert defaults == ["sgd", bare_loop.LR, bare_loop.MOMENTUM, bare_loop.WEIGHT_DECAY]
+
+
+# ---- operators and synchronisations per step ---------------------------------------------------
 
 
 @pytest.mark.slow
