@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 import distributed
+from runs import write_json
 
 FORMAT = 1  # of the manifest; a cache of another format is rebuilt
 WAIT_SECONDS = 2  # how often the processes that do not build look for the finished cache
@@ -184,16 +185,7 @@ def publish(temporary: str, path: str, manifest: dict) -> None:
     if os.path.exists(manifest_path):
         os.remove(manifest_path)
     os.replace(temporary, path)
-    partial = f"{manifest_path}.tmp-{os.getpid()}"
-    try:
-        with open(partial, "w") as file:
-            json.dump(manifest, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(partial, manifest_path)
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
+    write_json(manifest_path, manifest)
 
 
 class Decoding(Dataset):

@@ -305,6 +305,10 @@ def is_cached(dataset: Dataset) -> bool:
 
 
 def build_loader(dataset, sampler, batch_size, workers, pin_memory, seed):
+    if is_cached(dataset):
+        # A cached batch is read in tens of microseconds; handing it over from a worker process
+        # costs ten times that (measured: benchmarks/data_pipeline.py).
+        workers = 0
     return DataLoader(
         dataset,
         batch_size=batch_size,

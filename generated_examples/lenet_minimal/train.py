@@ -68,7 +68,9 @@ def main(argv=None) -> dict:
             return show_summary(args)
         if args.eval_only:
             return evaluate_checkpoint(args, ctx)
-        return fit(args, ctx)
+        # From here on SIGINT and SIGTERM only ask training to stop after a step and save.
+        with runs.StopSignals() as stop:
+            return fit(args, ctx, stop)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
@@ -77,6 +79,9 @@ def main(argv=None) -> dict:
     except runs.Stopped as stop:
         print(stop, file=sys.stderr)
         sys.exit(128 + stop.number)
+    except KeyboardInterrupt:  # Ctrl-C outside training: nothing to save
+        print("stopped by SIGINT", file=sys.stderr)
+        sys.exit(130)
     finally:
         distributed.cleanup()
 
@@ -223,8 +228,9 @@ def evaluate(model: nn.Module, loader, preprocess: Preprocess, autocast) -> dict
     return {"val_loss": loss_sum / max(count, 1), "val_acc": correct / max(count, 1)}
 
 
-def fit(args, ctx: distributed.Context) -> dict:
-    """Train as `args` say, resuming when asked; return the last epoch's metrics."""
+def fit(args, ctx: distributed.Context, stop: runs.StopSignals) -> dict:
+    """Train as `args` say, resuming when asked, until the end or until `stop` says so; return
+    the last epoch's metrics."""
     model = make_model(args, ctx)
     print(format_short(args.model, count_parameters(model)))
     data = build_data(args, ctx)
@@ -260,7 +266,7 @@ def fit(args, ctx: distributed.Context) -> dict:
         total_steps=data.total_steps,
         log=log,
         checkpointer=checkpointer,
-        stop=runs.StopSignals(),
+        stop=stop,
     )
     resumed = resume_from(args, output_dir, checkpointer)
     # Everything that could refuse the options or the checkpoint has run: now write.
@@ -268,31 +274,30 @@ def fit(args, ctx: distributed.Context) -> dict:
     runs.record_invocation(output_dir, args, ctx, TEMPLATE_VERSION, resumed)
     val_preprocess = Preprocess(channels_last=args.channels_last)
     log.open()
-    with loop.stop:
-        train_model = wrap_for_training(model, ctx, args)
-        metrics, start = {}, time.perf_counter()
-        try:
-            while progress.epoch < args.epochs and progress.step < data.total_steps:
-                skip = progress.step_in_epoch * args.grad_accum_steps * args.batch_size
-                data.train_sampler.set_epoch(progress.epoch, skip)
-                train_one_epoch(train_model, progress, loop, args)
-                signal_number = loop.stop.agreed()
-                if signal_number:
-                    path = checkpointer.save(checkpoint.LAST)
-                    raise runs.Stopped(
-                        signal_number,
-                        f"stopped by {runs.signal_name(signal_number)} at step {progress.step}: "
-                        f"saved {path}; continue with --resume auto",
-                    )
-                metrics = end_of_epoch(model, progress, loop, data.val_loader, val_preprocess, args)
-                print(
-                    f"epoch {metrics['epoch']}: train_loss {metrics['train_loss']:.4f} val_loss "
-                    f"{metrics['val_loss']:.4f} val_acc {metrics['val_acc']:.4f} "
-                    f"({time.perf_counter() - start:.1f}s)"
+    train_model = wrap_for_training(model, ctx, args)
+    metrics, start = {}, time.perf_counter()
+    try:
+        while progress.epoch < args.epochs and progress.step < data.total_steps:
+            skip = progress.step_in_epoch * args.grad_accum_steps * args.batch_size
+            data.train_sampler.set_epoch(progress.epoch, skip)
+            train_one_epoch(train_model, progress, loop, args)
+            signal_number = loop.stop.agreed()
+            if signal_number:
+                path = checkpointer.save(checkpoint.LAST)
+                raise runs.Stopped(
+                    signal_number,
+                    f"stopped by {runs.signal_name(signal_number)} at step {progress.step}: "
+                    f"saved {path}; continue with --resume auto",
                 )
-        except BaseException:
-            log.close()
-            raise
+            metrics = end_of_epoch(model, progress, loop, data.val_loader, val_preprocess, args)
+            print(
+                f"epoch {metrics['epoch']}: train_loss {metrics['train_loss']:.4f} val_loss "
+                f"{metrics['val_loss']:.4f} val_acc {metrics['val_acc']:.4f} "
+                f"({time.perf_counter() - start:.1f}s)"
+            )
+    except BaseException:
+        log.close()
+        raise
     log.close(os.path.join(output_dir, checkpoint.LAST))
     return metrics
 
