@@ -12,7 +12,9 @@ ShardedSampler, no pinning):
   folder. The first call decodes every image once (with train.py's default of 2 workers) into a
   uint8 array file and a JSON manifest; its time and its size on disk are reported. Later calls
   check the manifest against the files, and batches come whole from the memory-mapped array
-  (CachedImages.__getitems__, collate_fn whole_batch);
+  (CachedImages.__getitems__, collate_fn whole_batch), read in the training process whatever
+  --workers says (dataset.build_loader: handing a batch over from a worker cost ten times reading
+  it, measured here before that rule);
 - in-memory tensors: dataset.InMemoryImages over uint8 tensors of the same shape, the baseline.
 
 Loader alone: samples per second of each way, for 0, 1, 2... worker processes, in one worker
@@ -201,7 +203,7 @@ def pipeline_rows(config: dict, result: dict, cores: int) -> list[Row]:
         rows.append(
             Row(
                 4,
-                f"loader alone, --cache vs PNG ImageFolder (today's path), {count} workers",
+                f"loader alone, --cache vs PNG ImageFolder (today's path), --workers {count}",
                 rate(cached, "samples/s"),
                 rate(png, "samples/s") + " (PNGs)",
                 cached / png,
@@ -213,7 +215,7 @@ def pipeline_rows(config: dict, result: dict, cores: int) -> list[Row]:
         rows.append(
             Row(
                 4,
-                f"loader alone, --cache vs in-memory tensors, {count} workers",
+                f"loader alone, --cache vs in-memory tensors, --workers {count}",
                 rate(cached, "samples/s"),
                 rate(in_memory, "samples/s") + f" (in-memory, {count} workers)",
                 cached / in_memory,
