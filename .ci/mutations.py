@@ -192,6 +192,22 @@ MUTATIONS = (
         ("tests/test_plot.py::test_curves_of_two_runs_overlaid",),
     ),
     Mutation(
+        "export-kept-without-verification",
+        "project",
+        "export.py",
+        "        if not difference <= tolerance:  # also catches NaN\n",
+        "        if False:\n",
+        ("tests/test_export.py::test_a_failed_verification_leaves_nothing_behind",),
+    ),
+    Mutation(
+        "predict-augments-like-training",
+        "project",
+        "predict.py",
+        "    preprocess, autocast = Preprocess(), train.autocast_for(args, ctx)",
+        "    preprocess, autocast = Preprocess(True, 4), train.autocast_for(args, ctx)",
+        ("tests/test_predict.py::test_predictions_are_the_models_on_the_validation_pipeline",),
+    ),
+    Mutation(
         "project-name-allows-a-trailing-newline",
         "repo",
         "scaffold/options.py",
