@@ -12,7 +12,17 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import BIN, PYTHON, Context, Row, bench_env, check, median, run_checked  # noqa: E402
+from common import (  # noqa: E402
+    BIN,
+    PYTHON,
+    Context,
+    Row,
+    bench_env,
+    check,
+    compile_scaffold,
+    median,
+    run_checked,
+)
 
 TARGET = 0.3  # seconds, median
 HEAVY = ("torch", "copier", "jinja2", "git", "yaml")
@@ -39,6 +49,7 @@ def measure(ctx: Context) -> list[Row]:
         "--version": [scaffold, "--version"],
         "python": [PYTHON, "-c", "pass"],
     }
+    compile_scaffold()
     env = bench_env()
     times = {name: [] for name in commands}
     for command in commands.values():  # warm the file cache

@@ -32,6 +32,7 @@ from common import (  # noqa: E402
     Row,
     bench_env,
     check,
+    compile_scaffold,
     median,
     run_checked,
     run_worker,
@@ -59,6 +60,7 @@ def measure(ctx: Context) -> list[Row]:
     from scaffold.options import NewProject
     from scaffold.render import template_dir, template_source
 
+    compile_scaffold()
     source = template_source("project")
     origin = "the template folder" if source.folder_is_release else "the git bundle (a clone)"
     reps = 2 if ctx.quick else 9
