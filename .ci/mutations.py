@@ -136,6 +136,16 @@ MUTATIONS = (
         (TRAIN + "test_augment_crops_and_flips_each_image",),
     ),
     Mutation(
+        "val-classes-unchecked",
+        "project",
+        "dataset.py",
+        "            if val.classes != train.classes:\n",
+        "            if False:\n",
+        (
+            "tests/test_data.py::test_train_and_val_with_different_classes_are_refused_before_caching",
+        ),
+    ),
+    Mutation(
         "stop-signals-ignored",
         "project",
         "runs.py",

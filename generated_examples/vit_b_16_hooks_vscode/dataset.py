@@ -133,24 +133,34 @@ def folder_datasets(args, transform):
         if all(os.path.isdir(path) for path in split_dirs):
             train = datasets.ImageFolder(split_dirs[0], transform, is_valid_file=is_valid)
             val = datasets.ImageFolder(split_dirs[1], transform, is_valid_file=is_valid)
+            check_classes(split_dirs[0], train.classes, num_classes)
+            if val.classes != train.classes:
+                # ImageFolder numbers classes by sorted folder name: val's labels would be wrong.
+                raise DatasetError(
+                    f"{split_dirs[1]} has the class folders {', '.join(val.classes)} but "
+                    f"{split_dirs[0]} has {', '.join(train.classes)}: give both the same ones"
+                )
             if args.cache:
                 train, val = cached_folder(train, "train", args), cached_folder(val, "val", args)
-            classes = train.classes
         else:
             full = datasets.ImageFolder(data_dir, transform, is_valid_file=is_valid)
+            check_classes(data_dir, full.classes, num_classes)
             if args.cache:
                 full = cached_folder(full, "all", args)
             val_size = max(len(full) // 10, 1)
             generator = torch.Generator().manual_seed(args.seed)
             train, val = random_split(full, [len(full) - val_size, val_size], generator)
-            classes = full.classes
     except FileNotFoundError as error:
         raise DatasetError(f"{data_dir}: {error}") from None
+    return train, val
+
+
+def check_classes(folder: str, classes: list[str], num_classes: int) -> None:
     if len(classes) != num_classes:
         raise DatasetError(
-            f"{data_dir} has {len(classes)} class folders but --num-classes is {num_classes}"
+            f"{folder} has {len(classes)} class folders but --num-classes is {num_classes}: "
+            f"pass --num-classes {len(classes)}"
         )
-    return train, val
 
 
 def cached_folder(folder: datasets.ImageFolder, split: str, args) -> CachedImages:

@@ -57,7 +57,24 @@ def test_a_missing_data_dir_and_a_wrong_class_count_are_errors(tmp_path):
     write_image_folder(tmp_path / "data")
     with pytest.raises(SystemExit) as exit_info:
         train_on_folder(tmp_path, "--num-classes=5")
-    assert "has 2 class folders but --num-classes is 5" in str(exit_info.value)
+    assert str(exit_info.value) == (
+        f"error: {tmp_path / 'data'} has 2 class folders but --num-classes is 5: "
+        "pass --num-classes 2"
+    )
+
+
+@pytest.mark.parametrize("cache", [[], ["--cache"]])
+def test_train_and_val_with_different_classes_are_refused_before_caching(tmp_path, cache):
+    write_image_folder(tmp_path / "data" / "train", classes=("cat", "dog"))
+    write_image_folder(tmp_path / "data" / "val", classes=("cat", "cow"))
+    cache_dir = tmp_path / "cache"
+    with pytest.raises(SystemExit) as exit_info:
+        train_on_folder(tmp_path, *cache, f"--cache-dir={cache_dir}")
+    assert str(exit_info.value) == (
+        f"error: {tmp_path / 'data' / 'val'} has the class folders cat, cow but "
+        f"{tmp_path / 'data' / 'train'} has cat, dog: give both the same ones"
+    )
+    assert not cache_dir.exists()
 
 
 @pytest.mark.parametrize("name", ["cifar10", "mnist"])
