@@ -12,6 +12,7 @@ import os
 import random
 import shutil
 import sys
+import zipfile
 
 import torch
 from torch import nn
@@ -139,9 +140,13 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        if "weights_only" in str(error) or "Unsupported global" in str(error):
+        text = str(error).strip()
+        if not zipfile.is_zipfile(path):  # what torch.save has written since torch 1.6
+            reason = "not a complete file written by torch.save (cut short, or another format)"
+        elif "weights_only" in text or "Unsupported global" in text:
             reason = "it holds objects other than tensors and plain data; refusing to unpickle it"
+        else:
+            reason = text.splitlines()[0] if text else type(error).__name__
         raise CheckpointError(f"cannot load checkpoint {path}: {reason}") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} holds a {type(state).__name__}, not a checkpoint dict")

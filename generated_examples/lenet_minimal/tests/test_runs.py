@@ -246,7 +246,11 @@ BAD_OPTIONS = [
     (["--resume=EARLIER/last.pt", "--num-classes=3"], 1, "EARLIER/last.pt was saved with"),
     (["--eval-only", "--resume=EARLIER/last.pt", "--model=mlp"], 1, "EARLIER/last.pt was saved"),
     (["--init-from=EARLIER/last.pt", "--model=mlp"], 1, "EARLIER/last.pt holds a lenet model"),
-    (["--resume=EARLIER/metrics.jsonl"], 1, "cannot load checkpoint EARLIER/metrics.jsonl"),
+    (
+        ["--resume=EARLIER/metrics.jsonl"],
+        1,
+        "cannot load checkpoint EARLIER/metrics.jsonl: not a complete file written by torch.save",
+    ),
 ]
 
 
