@@ -456,6 +456,25 @@ def in_memory_sets(torch, size: int, val_size: int, classes: int = 10, image_siz
     return (images[:size], labels[:size]), (images[size:], labels[size:])
 
 
+def in_memory_datasets(torch, dataset, size: int, val_size: int) -> tuple:
+    """in_memory_sets as the project's own dataset.InMemoryImages: (train, val)."""
+    (train_x, train_y), (val_x, val_y) = in_memory_sets(torch, size, val_size)
+    return dataset.InMemoryImages(train_x, train_y), dataset.InMemoryImages(val_x, val_y)
+
+
+def spread(values: list[float]) -> str:
+    """The quartiles of `values`, '0.970-1.010' (the values themselves when there are few)."""
+    if len(values) < 4:
+        return " ".join(f"{value:.3f}" for value in values)
+    low, _, high = statistics.quantiles(values, n=4)
+    return f"{low:.3f}-{high:.3f}"
+
+
+def gpu_flags(device: str) -> list[str]:
+    """What every CUDA figure runs with."""
+    return ["--amp", "--channels-last"] if device == "cuda" else []
+
+
 def machine() -> dict[str, str]:
     """Cores, CPU model, memory, Python and torch versions, GPU: for the header of the report."""
     info = {"cores": str(os.cpu_count())}

@@ -56,12 +56,14 @@ from common import (  # noqa: E402
     Row,
     StepClock,
     check,
+    in_memory_datasets,
     in_memory_sets,
     median,
     rate,
     run_worker,
     seconds,
     set_threads,
+    spread,
     worker_main,
 )
 
@@ -263,15 +265,6 @@ def pipeline_rows(config: dict, result: dict, cores: int) -> list[Row]:
     return rows
 
 
-def spread(values: list[float]) -> str:
-    import statistics
-
-    if len(values) < 4:
-        return " ".join(f"{value:.3f}" for value in values)
-    low, _, high = statistics.quantiles(values, n=4)
-    return f"{low:.3f}-{high:.3f}"
-
-
 def session_rows(session: dict) -> list[Row]:
     def speed(*kinds) -> str:
         wall = median([value for kind in kinds for value in session["rates"]["wall"][kind]])
@@ -451,8 +444,7 @@ def session_worker(config: dict) -> dict:
     import train
 
     steps, warmup = config["steps"], config["warmup"]
-    (train_x, train_y), (val_x, val_y) = in_memory_sets(torch, BATCH * steps, BATCH * 2)
-    in_memory = (dataset.InMemoryImages(train_x, train_y), dataset.InMemoryImages(val_x, val_y))
+    in_memory = in_memory_datasets(torch, dataset, BATCH * steps, BATCH * 2)
     from_files = train.build_datasets
     train.build_datasets = lambda args: in_memory if args.dataset == "fake" else from_files(args)
     scratch = tempfile.mkdtemp(prefix="train-", dir=os.getcwd())  # in run.py's scratch folder

@@ -51,7 +51,8 @@ from common import (  # noqa: E402
     Row,
     bench_env,
     check,
-    in_memory_sets,
+    gpu_flags,
+    in_memory_datasets,
     run_checked,
     set_threads,
     worker_main,
@@ -339,18 +340,15 @@ def worker(config: dict) -> dict:
 
     model_name, device, steps = config["model"], config["device"], config["steps"]
     cuda = device == "cuda"
-    (train_x, train_y), (val_x, val_y) = in_memory_sets(torch, BATCH * steps, BATCH * 2)
-    train_set = dataset.InMemoryImages(train_x, train_y)
-    val_set = dataset.InMemoryImages(val_x, val_y)
+    train_set, val_set = in_memory_datasets(torch, dataset, BATCH * steps, BATCH * 2)
     train.build_datasets = lambda args: (train_set, val_set)
-    flags = ["--amp", "--channels-last"] if cuda else []
 
     def generated() -> None:
         train.main([
             "--model", model_name, "--batch-size", str(BATCH), "--workers", "0",
             "--epochs", "1", "--max-steps", str(steps), "--device", device,
             "--log-every", str(config["log_every"]),
-            "--output-dir", tempfile.mkdtemp(dir=config["scratch"]), *flags,
+            "--output-dir", tempfile.mkdtemp(dir=config["scratch"]), *gpu_flags(device),
         ])  # fmt: skip
 
     def bare() -> None:

@@ -18,7 +18,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import StepClock, in_memory_sets  # noqa: E402
+from common import StepClock, in_memory_datasets  # noqa: E402
 
 
 def main() -> None:
@@ -43,8 +43,7 @@ def main() -> None:
     import train
 
     if args.memory_data:
-        (train_x, train_y), (val_x, val_y) = in_memory_sets(torch, args.memory_data, 64)
-        sets = dataset.InMemoryImages(train_x, train_y), dataset.InMemoryImages(val_x, val_y)
+        sets = in_memory_datasets(torch, dataset, args.memory_data, 64)
         train.build_datasets = lambda options: sets
     clock = StepClock(args.warmup, args.steps, "--device=cuda" in train_argv)
     start = time.perf_counter()

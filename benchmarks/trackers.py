@@ -42,15 +42,16 @@ from common import (  # noqa: E402
     Row,
     StepClock,
     check,
-    in_memory_sets,
+    in_memory_datasets,
     median,
     rate,
     run_worker,
     seconds,
     set_threads,
+    spread,
     worker_main,
 )
-from data_pipeline import MALLOC, spread  # noqa: E402
+from data_pipeline import MALLOC  # noqa: E402
 
 BATCH = 32
 WINDOW = 10  # train.py's default --log-every: one logged step per window
@@ -198,8 +199,7 @@ def worker(config: dict) -> dict:
     import train
 
     steps, warmup = config["steps"], config["warmup"]
-    (train_x, train_y), (val_x, val_y) = in_memory_sets(torch, BATCH * steps, BATCH * 2)
-    in_memory = (dataset.InMemoryImages(train_x, train_y), dataset.InMemoryImages(val_x, val_y))
+    in_memory = in_memory_datasets(torch, dataset, BATCH * steps, BATCH * 2)
     train.build_datasets = lambda args: in_memory
     runs = tempfile.mkdtemp(prefix="runs-", dir=os.getcwd())  # in run.py's scratch folder
 

@@ -54,7 +54,6 @@ cost; figure 4 measures the data pipeline by itself.
 from __future__ import annotations
 
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -68,12 +67,14 @@ from common import (  # noqa: E402
     Row,
     StepClock,
     check,
-    in_memory_sets,
+    gpu_flags,
+    in_memory_datasets,
     median,
     rate,
     run_worker,
     seconds,
     set_threads,
+    spread,
     worker_main,
 )
 
@@ -133,18 +134,6 @@ MALLOC = {
     "MALLOC_MMAP_THRESHOLD_": str(2**30),
     "MALLOC_TRIM_THRESHOLD_": str(2**31),
 }
-
-
-def spread(values: list[float]) -> str:
-    """The quartiles of `values`, '0.970-1.010' (the values themselves when there are few)."""
-    if len(values) < 4:
-        return " ".join(f"{value:.3f}" for value in values)
-    low, _, high = statistics.quantiles(values, n=4)
-    return f"{low:.3f}-{high:.3f}"
-
-
-def gpu_flags(device: str) -> list[str]:
-    return ["--amp", "--channels-last"] if device == "cuda" else []
 
 
 def measure(ctx: Context) -> list[Row]:
@@ -331,9 +320,7 @@ def worker(config: dict) -> dict:
     model_name, device = config["model"], config["device"]
     batch, steps, warmup = config["batch"], config["steps"], config["warmup"]
     cuda = device == "cuda"
-    (train_x, train_y), (val_x, val_y) = in_memory_sets(torch, batch * steps, batch * 2)
-    train_set = dataset.InMemoryImages(train_x, train_y)
-    val_set = dataset.InMemoryImages(val_x, val_y)
+    train_set, val_set = in_memory_datasets(torch, dataset, batch * steps, batch * 2)
     train.build_datasets = lambda args: (train_set, val_set)
 
     # The progress bar: train.py shows it only when stderr is a terminal, which a worker's is
