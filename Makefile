@@ -13,15 +13,27 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $@ $(VENV)/.demo-installed
+
+# The demo needs scaffold and what a generated project trains and plots with (the `demo` extra),
+# not the test tools and trackers of `make install`.
+$(VENV)/.demo-installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[demo]'
 	touch $@
 
-demo: install
+# A LeNet on shapes drawn in code (--dataset synthetic): validation accuracy climbs past 0.9 in
+# about six epochs on two CPU cores, and plot.py draws the curves.
+DEMO_TRAIN := --dataset synthetic --synthetic-size 2048 --epochs 6 --optimizer adamw --lr 0.003 \
+	--device cpu --workers 0 --output-dir runs/demo
+
+demo: $(VENV)/.demo-installed
 	rm -rf demo
-	$(BIN)/scaffold new demo --model lenet --no-git
-	cd demo && ../$(BIN)/python train.py --epochs 1 --max-steps 20 --device cpu --workers 0 \
-		--output-dir runs/demo
-	test -f demo/runs/demo/last.pt
-	@echo "checkpoint: $(CURDIR)/demo/runs/demo/last.pt"
+	$(BIN)/scaffold new demo --model lenet --dataset synthetic --no-git
+	cd demo && ../$(BIN)/python train.py $(DEMO_TRAIN)
+	cd demo && ../$(BIN)/python plot.py runs/demo
+	@echo "checkpoint: $(CURDIR)/demo/runs/demo/best.pt"
+	@echo "curves: $(CURDIR)/demo/runs/demo/curves.png"
 
 # The template history (scaffold/bundles, see scaffold/release.py). A checkout would also build it
 # on first use; building it here keeps the test workers from doing it at the same time.

@@ -49,7 +49,41 @@ class Mutation:
 
 TRAIN = "tests/test_train.py::"
 RUNS = "tests/test_runs.py::"
+LEARNING = "tests/test_learning.py::"
 MUTATIONS = (
+    # Breaks that leave a finite loss and a saved checkpoint: only a run that must learn sees them.
+    Mutation(
+        "optimizer-step-skipped",
+        "project",
+        "train.py",
+        "            loop.scaler.step(loop.optimizer)\n",
+        "",
+        (LEARNING + "test_synthetic_shapes_are_learned_far_above_chance",),
+    ),
+    Mutation(
+        "gradients-cleared-before-the-step",
+        "project",
+        "train.py",
+        "            loop.scaler.step(loop.optimizer)\n",
+        "            loop.optimizer.zero_grad()\n            loop.scaler.step(loop.optimizer)\n",
+        (LEARNING + "test_synthetic_shapes_are_learned_far_above_chance",),
+    ),
+    Mutation(
+        "labels-shuffled-against-their-images",
+        "project",
+        "task.py",
+        "    return images, labels.to(device, non_blocking=True)\n",
+        "    return images, labels[torch.randperm(len(labels))].to(device, non_blocking=True)\n",
+        (LEARNING + "test_synthetic_shapes_are_learned_far_above_chance",),
+    ),
+    Mutation(
+        "learning-rate-stuck-at-zero",
+        "project",
+        "train.py",
+        "            return 0.5 * (1.0 + math.cos(math.pi * progress))\n",
+        "            return 0.0\n",
+        (LEARNING + "test_synthetic_shapes_are_learned_far_above_chance",),
+    ),
     Mutation(
         "resume-disabled",
         "project",
@@ -88,9 +122,9 @@ MUTATIONS = (
     Mutation(
         "save-not-atomic",
         "project",
-        "checkpoint.py",
-        '    temporary = f"{path}.tmp-{os.getpid()}"\n    try:\n        with open(temporary, "wb")',
-        '    temporary = path\n    try:\n        with open(temporary, "wb")',
+        "files.py",
+        "    temporary = temporary_name(path)\n    try:\n        with open(temporary, mode)",
+        "    temporary = path\n    try:\n        with open(temporary, mode)",
         (TRAIN + "test_a_failed_checkpoint_write_stops_cleanly_and_keeps_the_previous_one",),
     ),
     Mutation(
@@ -130,9 +164,9 @@ MUTATIONS = (
     Mutation(
         "augmentation-ignored",
         "project",
-        "dataset.py",
-        "        if self.augment:\n            images = random_crop_and_flip",
-        "        if False:\n            images = random_crop_and_flip",
+        "pipeline.py",
+        "            if self.augment:\n                images, masks = random_crop_and_flip",
+        "            if False:\n                images, masks = random_crop_and_flip",
         (TRAIN + "test_augment_crops_and_flips_each_image",),
     ),
     Mutation(
@@ -148,7 +182,7 @@ MUTATIONS = (
     Mutation(
         "stop-signals-ignored",
         "project",
-        "runs.py",
+        "signals.py",
         "        self.received = self.received or number\n",
         "        pass\n",
         (RUNS + "test_a_signal_saves_then_stops_and_resume_auto_is_bit_exact",),
@@ -181,8 +215,8 @@ MUTATIONS = (
         "validation-not-summed-across-ranks",
         "ddp",
         "train.py",
-        "    distributed.all_reduce_sum(totals)\n",
-        "",
+        "    return task.metrics(distributed.all_reduce_sums(totals))\n",
+        "    return task.metrics(totals)\n",
         ("tests/test_ddp.py::test_validation_is_exact_for_an_uneven_split",),
     ),
     Mutation(
@@ -213,8 +247,8 @@ MUTATIONS = (
         "predict-augments-like-training",
         "project",
         "predict.py",
-        "    preprocess, autocast = Preprocess(), train.autocast_for(args, ctx)",
-        "    preprocess, autocast = Preprocess(True, 4), train.autocast_for(args, ctx)",
+        "    preprocess, autocast = Preprocess(), ",
+        "    preprocess, autocast = Preprocess(True, 4), ",
         ("tests/test_predict.py::test_predictions_are_the_models_on_the_validation_pipeline",),
     ),
     Mutation(

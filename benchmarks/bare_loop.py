@@ -6,8 +6,10 @@ torch DataLoader over the same dataset, the same number of optimizer steps; with
 --channels-last the same autocast, GradScaler and memory format. The same essential work on the
 data too: the datasets yield uint8 images, and both loops convert and normalize whole batches on
 the training device with the same three operators (to float, multiply, subtract), as the
-project's dataset.Preprocess does without --augment. Nothing else: no progress bar, no metrics,
-no running loss, no LR schedule, no validation, no checkpoint, no hooks.
+project's pipeline.Preprocess does without --augment. The loss is the same cross-entropy, written
+in place: where the generated loop goes through task.prepare and task.loss (the task module of a
+classification project), this one stays a plain PyTorch loop. Nothing else: no progress bar, no
+metrics, no running loss, no LR schedule, no validation, no checkpoint, no hooks.
 
 As a script (for peak-RSS measurements, figure 6):
 
@@ -23,7 +25,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-MEAN, STD = 0.5, 0.5  # the project's dataset.MEAN and STD
+MEAN, STD = 0.5, 0.5  # the project's pipeline.MEAN and STD
 # train.py's SGD defaults (tests/test_benchmarks.py checks them against a generated options.py)
 LR, MOMENTUM, WEIGHT_DECAY = 0.01, 0.9, 1e-4
 
@@ -106,6 +108,7 @@ def main(argv=None) -> None:
     parser.add_argument("--model", default="lenet")
     parser.add_argument("--dataset", default="fake", help="the project's --dataset")
     parser.add_argument("--fake-size", type=int, default=2048)
+    parser.add_argument("--synthetic-size", type=int, default=2048)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--steps", type=int, default=64)
@@ -122,6 +125,7 @@ def main(argv=None) -> None:
     data_args = DataOptions(
         dataset=args.dataset,
         fake_size=args.fake_size,
+        synthetic_size=args.synthetic_size,
         num_classes=10,
         in_channels=3,
         image_size=32,

@@ -2,8 +2,8 @@
 
 The data: 32x32 RGB PNGs of random pixels in 10 class folders, train/ (as many images as one epoch
 of the training session below needs) and val/ (an eighth as many). Three ways to read them, each
-through the project's own dataset.build_datasets and dataset.build_loader (batch 32,
-ShardedSampler, no pinning):
+through the project's own dataset.build_datasets and pipeline.build_loader (batch 32,
+pipeline.ShardedSampler, no pinning):
 
 - today's path (--dataset folder): ImageFolder, every image verified at start-up, then each image
   decoded by PIL, resized, cropped and turned into a uint8 tensor one at a time (in the
@@ -13,7 +13,7 @@ ShardedSampler, no pinning):
   uint8 array file and a JSON manifest; its time and its size on disk are reported. Later calls
   check the manifest against the files, and batches come whole from the memory-mapped array
   (CachedImages.__getitems__, collate_fn whole_batch), read in the training process whatever
-  --workers says (dataset.build_loader: handing a batch over from a worker cost ten times reading
+  --workers says (pipeline.build_loader: handing a batch over from a worker cost ten times reading
   it, measured here before that rule);
 - in-memory tensors: dataset.InMemoryImages over uint8 tensors of the same shape, the baseline.
 
@@ -106,9 +106,9 @@ def measure(ctx: Context) -> list[Row]:
     ctx.log(f"data pipeline: {config['images']} PNGs, workers {workers}")
     ctx.record(
         4,
-        "in-process dataset.build_loader(build_datasets(--dataset folder --data-dir $WORK/images), "
-        f"ShardedSampler, batch_size={BATCH}, workers=W, pin_memory=False, seed=0) "
-        "vs the same with --cache --cache-dir $WORK/images-cache "
+        "in-process pipeline.build_loader(dataset.build_datasets(--dataset folder "
+        f"--data-dir $WORK/images), ShardedSampler, batch_size={BATCH}, workers=W, "
+        "pin_memory=False, seed=0) vs the same with --cache --cache-dir $WORK/images-cache "
         "vs build_loader(InMemoryImages(tensors), ..., workers=W)",
     )
     ctx.record(4, "in-process bare_loop.bare_train(model, each loader above, steps)")
@@ -352,6 +352,7 @@ def pipeline_worker(config: dict) -> dict:
 
     sys.path.insert(0, config["project"])
     import dataset
+    import pipeline
     from bare_loop import bare_train
     from model import build_model
 
@@ -367,14 +368,14 @@ def pipeline_worker(config: dict) -> dict:
     start = time.perf_counter()
     cache_set, _ = dataset.build_datasets(cache_args)
     open_seconds = time.perf_counter() - start
-    assert dataset.is_cached(cache_set), "build_datasets(cache=True) gave no CachedImages"
+    assert pipeline.is_cached(cache_set), "build_datasets(cache=True) gave no CachedImages"
     (memory_images, labels), _ = in_memory_sets(torch, len(png_set), 0)
     memory_set = dataset.InMemoryImages(memory_images, labels)
     sets = {"memory": memory_set, "png": png_set, "cache": cache_set}
 
     def loader(data, workers):
-        sampler = dataset.ShardedSampler(len(data), shuffle=True, seed=0)
-        return dataset.build_loader(data, sampler, BATCH, workers, False, 0)
+        sampler = pipeline.ShardedSampler(len(data), shuffle=True, seed=0)
+        return pipeline.build_loader(data, sampler, BATCH, workers, False, 0)
 
     def loader_rate(data, workers) -> tuple[float, float]:
         """Samples per second, and the main process's CPU seconds per batch."""

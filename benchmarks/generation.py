@@ -199,6 +199,7 @@ def cpu_seconds() -> float:
 def worker(config: dict) -> dict:
     from copier import run_copy
 
+    from scaffold.catalog import MODELS
     from scaffold.options import NewProject
     from scaffold.render import commit_project, create_project, list_files, template_dir
 
@@ -217,14 +218,17 @@ def worker(config: dict) -> dict:
         function(*args)
         return time.perf_counter() - wall, cpu_seconds() - cpu
 
+    def project(dest: Path, model: str) -> NewProject:
+        return NewProject(dest=dest, task=MODELS[model].task, model=model)
+
     def ours(model: str) -> tuple[float, float]:
         dest = fresh()
-        elapsed = timed(lambda: create_project(NewProject(dest=dest, model=model), git=False))
+        elapsed = timed(lambda: create_project(project(dest, model), git=False))
         shutil.rmtree(dest)
         return elapsed
 
     def render(dest: Path, model: str) -> None:
-        data = NewProject(dest=dest, model=model).to_data()
+        data = project(dest, model).to_data()
         run_copy(template, dest, data=data, defaults=True, quiet=True)
 
     def theirs(model: str) -> tuple[float, float]:

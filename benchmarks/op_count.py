@@ -10,8 +10,9 @@ one after the other on the same in-memory uint8 images (as in figure 3: same mod
 batch and data, default flags), each under a TorchDispatchMode that records every aten operator
 by name, and a TorchFunctionMode that records the tensor methods that copy to the host. A step
 runs from the moment a loop asks the DataLoader for its batch to the moment it asks for the next
-one, so a logged step's .item() and metrics line count in that step. What the DataLoader does
-itself (sampling, indexing, collating, pinning: host work on host tensors) is not counted.
+one, so a logged step's read-back of its losses and metrics line count in that step. What the
+DataLoader does itself (sampling, indexing, collating, pinning: host work on host tensors) is not
+counted.
 
 Synchronisations counted: aten::_local_scalar_dense (`.item()`, `float(t)`, `if t:`), operators
 whose output size depends on the data (nonzero, masked_select, unique...), aten::equal, the

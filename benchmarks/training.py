@@ -19,9 +19,9 @@ progress bar and logging included. train.py draws its progress bar only on a ter
 default variants draw it (into /dev/null) as on a terminal, the costlier case, and the "no bar"
 variants leave it off, as train.py does when its output goes to a log file. The timed steps
 (after a warm-up) are cut into windows of 10 steps, train.py's default --log-every, so every
-window holds exactly one logged step with its .item(), metrics line and progress-bar update. For
-each window the ratio is the generated loop's rate over the geometric mean of two bare loops'
-rates (bare and "again", both in the session); the figure is the median over windows and
+window holds exactly one logged step with its losses read back, metrics line and progress-bar
+update. For each window the ratio is the generated loop's rate over the geometric mean of two bare
+loops' rates (bare and "again", both in the session); the figure is the median over windows and
 sessions. "Again" over bare is an A/A control: what noise alone gives. The ratio is quoted on CPU
 time, which waiting for a core on a shared machine does not inflate; the wall-time ratio is in
 the notes.
@@ -111,7 +111,7 @@ MAIN = ["default", "hooks"]
 TARGETS = {"default": 0.98, "hooks": 0.90}
 # piece -> (variant with it, variant without it): its cost per step is the difference
 PIECES = {
-    "logged steps (every 10th): loss.item(), metrics.jsonl line, bar postfix": (
+    "logged steps (every 10th): losses read back, metrics.jsonl line, bar postfix": (
         "default",
         "no logged steps",
     ),
@@ -120,8 +120,11 @@ PIECES = {
         "no logged steps, no bar",
         "no logged steps, no bar, no scheduler",
     ),
-    "the rest: float64 running loss, GradScaler and autocast (off), sampler, hooks and stop-signal "
-    "calls": ("no logged steps, no bar, no scheduler", "bare"),
+    "the rest: float64 running loss, task.prepare and task.loss calls, GradScaler and autocast "
+    "(off), sampler, hooks and stop-signal calls": (
+        "no logged steps, no bar, no scheduler",
+        "bare",
+    ),
     "hooks activations,gradients attached (forward hooks on every step)": (
         "hooks, no logged steps",
         "no logged steps",

@@ -117,7 +117,7 @@ def add_component(
     if component == "hook":
         changes = plan_hook(root, answers, name, kind, force)
     elif component in ("model", "dataset"):
-        changes = plan_model_or_dataset(component, root, name, force)
+        changes = plan_model_or_dataset(component, root, answers, name, force)
     elif component == "launch":
         changes = plan_launch(root, answers, force)
     else:
@@ -151,7 +151,9 @@ def plan_hook(root: Path, answers: dict, name: str, kind: str, force: bool) -> l
     return plan_registered("hook", root, name, data, registration, force)
 
 
-def plan_model_or_dataset(component: str, root: Path, name: str, force: bool) -> list[FileChange]:
+def plan_model_or_dataset(
+    component: str, root: Path, answers: dict, name: str, force: bool
+) -> list[FileChange]:
     class_name = camel_case(name)
     if component == "model":
         registration = Registration(
@@ -166,7 +168,8 @@ def plan_model_or_dataset(component: str, root: Path, name: str, force: bool) ->
         registration = Registration(
             "dataset.py", f"dataset_{name}", builder, [("DATASETS", name, builder)]
         )
-    data = {"name": name, "class_name": class_name}
+    # A project from before --task (0.2.0) classifies.
+    data = {"name": name, "class_name": class_name, "task": answers.get("task", "classification")}
     return plan_registered(component, root, name, data, registration, force)
 
 

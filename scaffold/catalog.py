@@ -1,17 +1,58 @@
-"""What a user can choose. Plain data: importing this module must stay cheap (no torch)."""
+"""What a user can choose. Plain data: importing this module must stay cheap (no torch).
+
+A project learns one task (`scaffold new --task`); each task has its own models and datasets and
+its own default of each. Model names are unique across tasks, so MODELS maps a name to its spec;
+dataset names are not (both tasks have `synthetic` and `folder`, which mean different files), so a
+dataset is named by its task and its name.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+CLASSIFICATION = "classification"
+SEGMENTATION = "segmentation"
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    description: str
+    default_model: str
+    default_dataset: str
+
+
+TASKS: dict[str, TaskSpec] = {
+    spec.name: spec
+    for spec in [
+        TaskSpec(
+            CLASSIFICATION,
+            "one class per image: cross-entropy over the logits, top-1 accuracy",
+            "resnet18",
+            "fake",
+        ),
+        TaskSpec(
+            SEGMENTATION,
+            "one class per pixel: per-pixel cross-entropy, pixel accuracy and mean IoU",
+            "unet",
+            "synthetic",
+        ),
+    ]
+}
+DEFAULT_TASK = CLASSIFICATION
+
 
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
+    task: str  # a key of TASKS
     source: str  # "custom" (defined in the generated model.py) or "torchvision"
     min_image_size: int
     description: str
-    patch_size: int | None = None  # image_size must be a multiple of this
+    patch_size: int | None = None  # image_size must be a multiple of this (ViT patches)
+    # image_size must be a multiple of this: an encoder-decoder that halves the resolution
+    # log2(stride) times and doubles it back, joining each level to its skip connection.
+    stride: int | None = None
 
     def image_size_problem(self, image_size: int) -> str | None:
         """Why `image_size` cannot work for this model, or None when it can."""
@@ -25,30 +66,136 @@ class ModelSpec:
                 f"model {self.name} cuts images into {self.patch_size}x{self.patch_size} "
                 f"patches: --image-size must be a multiple of {self.patch_size}, got {image_size}"
             )
+        if self.stride and image_size % self.stride:
+            halvings = self.stride.bit_length() - 1
+            return (
+                f"model {self.name} halves the resolution {halvings} times and doubles it back: "
+                f"--image-size must be a multiple of {self.stride}, got {image_size}"
+            )
         return None
+
+    @property
+    def size_multiple(self) -> int | None:
+        """What image_size must be a multiple of, if anything."""
+        return self.patch_size or self.stride
 
 
 MODELS: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in [
-        ModelSpec("lenet", "custom", 16, "LeNet-5 style CNN, 62k parameters"),
-        ModelSpec("mlp", "custom", 1, "two hidden layers over flattened pixels"),
-        ModelSpec("resnet18", "torchvision", 32, "ResNet-18, 11M parameters"),
-        ModelSpec("resnet34", "torchvision", 32, "ResNet-34, 21M parameters"),
-        ModelSpec("resnet50", "torchvision", 32, "ResNet-50, 24M parameters"),
-        ModelSpec("mobilenet_v3_small", "torchvision", 32, "MobileNetV3-Small, 1.5M parameters"),
-        ModelSpec("efficientnet_b0", "torchvision", 32, "EfficientNet-B0, 4M parameters"),
-        ModelSpec("convnext_tiny", "torchvision", 32, "ConvNeXt-Tiny, 28M parameters"),
-        ModelSpec("vit_b_16", "torchvision", 16, "ViT-B/16, 86M parameters", patch_size=16),
+        ModelSpec("lenet", CLASSIFICATION, "custom", 16, "LeNet-5 style CNN, 62k parameters"),
+        ModelSpec("mlp", CLASSIFICATION, "custom", 1, "two hidden layers over flattened pixels"),
+        ModelSpec("resnet18", CLASSIFICATION, "torchvision", 32, "ResNet-18, 11M parameters"),
+        ModelSpec("resnet34", CLASSIFICATION, "torchvision", 32, "ResNet-34, 21M parameters"),
+        ModelSpec("resnet50", CLASSIFICATION, "torchvision", 32, "ResNet-50, 24M parameters"),
+        ModelSpec(
+            "mobilenet_v3_small",
+            CLASSIFICATION,
+            "torchvision",
+            32,
+            "MobileNetV3-Small, 1.5M parameters",
+        ),
+        ModelSpec(
+            "efficientnet_b0", CLASSIFICATION, "torchvision", 32, "EfficientNet-B0, 4M parameters"
+        ),
+        ModelSpec(
+            "convnext_tiny", CLASSIFICATION, "torchvision", 32, "ConvNeXt-Tiny, 28M parameters"
+        ),
+        ModelSpec(
+            "vit_b_16",
+            CLASSIFICATION,
+            "torchvision",
+            16,
+            "ViT-B/16, 86M parameters",
+            patch_size=16,
+        ),
+        ModelSpec(
+            "unet",
+            SEGMENTATION,
+            "custom",
+            16,
+            "a small U-Net of our own, for CPU work",
+            stride=8,
+        ),
+        ModelSpec(
+            "lraspp_mobilenet_v3_large",
+            SEGMENTATION,
+            "torchvision",
+            32,
+            "LR-ASPP MobileNetV3-Large, 3.2M parameters",
+        ),
+        ModelSpec(
+            "deeplabv3_mobilenet_v3_large",
+            SEGMENTATION,
+            "torchvision",
+            32,
+            "DeepLabV3 MobileNetV3-Large, 11.0M parameters",
+        ),
+        ModelSpec(
+            "fcn_resnet50", SEGMENTATION, "torchvision", 32, "FCN ResNet-50, 32.9M parameters"
+        ),
+        ModelSpec(
+            "deeplabv3_resnet50",
+            SEGMENTATION,
+            "torchvision",
+            32,
+            "DeepLabV3 ResNet-50, 39.6M parameters",
+        ),
     ]
 }
 
-DATASETS: dict[str, str] = {
-    "fake": "torchvision FakeData, deterministic by seed (no files needed)",
-    "folder": "an ImageFolder tree at --data-dir (one subfolder per class)",
-    "cifar10": "CIFAR-10 from --data-dir (--download to fetch it)",
-    "mnist": "MNIST from --data-dir (--download to fetch it)",
-}
 
-DEFAULT_MODEL = "resnet18"
-DEFAULT_DATASET = "fake"
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    task: str  # a key of TASKS
+    description: str
+
+
+DATASET_SPECS: tuple[DatasetSpec, ...] = (
+    DatasetSpec(
+        "fake", CLASSIFICATION, "torchvision FakeData, deterministic by seed (no files needed)"
+    ),
+    DatasetSpec(
+        "synthetic",
+        CLASSIFICATION,
+        "shapes drawn in code, one class per shape kind; seeded and learnable, no files",
+    ),
+    DatasetSpec(
+        "folder", CLASSIFICATION, "an ImageFolder tree at --data-dir (one subfolder per class)"
+    ),
+    DatasetSpec("cifar10", CLASSIFICATION, "CIFAR-10 from --data-dir (--download to fetch it)"),
+    DatasetSpec("mnist", CLASSIFICATION, "MNIST from --data-dir (--download to fetch it)"),
+    DatasetSpec(
+        "synthetic",
+        SEGMENTATION,
+        "shapes drawn in code on a background, with their masks; seeded, learnable, no files",
+    ),
+    DatasetSpec(
+        "folder",
+        SEGMENTATION,
+        "DATA_DIR/train/images + train/masks (+ val/...): PNG class-index masks with the same "
+        "stem, 255 = ignore",
+    ),
+    DatasetSpec(
+        "voc", SEGMENTATION, "Pascal VOC 2012 layout read from a local folder (no download)"
+    ),
+)
+
+# Every dataset name of every task, each once, in the order above (the choices of copier.yml).
+DATASETS: tuple[str, ...] = tuple(dict.fromkeys(spec.name for spec in DATASET_SPECS))
+
+
+def task_models(task: str) -> dict[str, ModelSpec]:
+    """{name: spec} of the models of `task`, in catalog order (empty for an unknown task)."""
+    return {name: spec for name, spec in MODELS.items() if spec.task == task}
+
+
+def task_datasets(task: str) -> dict[str, DatasetSpec]:
+    """{name: spec} of the datasets of `task`, in catalog order (empty for an unknown task)."""
+    return {spec.name: spec for spec in DATASET_SPECS if spec.task == task}
+
+
+def dataset_tasks(dataset: str) -> list[str]:
+    """The tasks that have a dataset called `dataset`, in TASKS order."""
+    return [task for task in TASKS if dataset in task_datasets(task)]

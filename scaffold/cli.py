@@ -13,8 +13,8 @@ import typer
 from typer.core import TyperCommand
 
 from scaffold import __version__
-from scaffold.catalog import DATASETS, DEFAULT_DATASET, DEFAULT_MODEL, MODELS
-from scaffold.errors import ScaffoldError
+from scaffold.catalog import DATASETS, DEFAULT_TASK, MODELS, TASKS, task_datasets, task_models
+from scaffold.errors import ScaffoldError, UsageError
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
@@ -85,6 +85,15 @@ ProjectDir = Annotated[
 ]
 
 
+def by_task(choices, default: str) -> str:
+    """Each task's choices and its default, for a help text: `choices(task)` gives the names,
+    `default` names the TaskSpec attribute that holds the task's default."""
+    return "; ".join(
+        f"{task}: {', '.join(choices(task))} (default {getattr(spec, default)})"
+        for task, spec in TASKS.items()
+    )
+
+
 def show_version(value: bool) -> None:
     if value:
         typer.echo(f"scaffold {__version__}")
@@ -110,21 +119,34 @@ def new(
             metavar="DEST", help="Where to create the project; its last part is the name."
         ),
     ],
-    model: Annotated[
+    task: Annotated[
         str,
-        typer.Option(metavar="MODEL", help=f"Default model for train.py: {', '.join(MODELS)}."),
-    ] = DEFAULT_MODEL,
+        typer.Option(
+            metavar="TASK",
+            help=f"What the project learns: {', '.join(TASKS)} (scaffold list tasks).",
+        ),
+    ] = DEFAULT_TASK,
+    # None: the task's default, which NewProject fills in (scaffold/options.py).
+    model: Annotated[
+        str | None,
+        typer.Option(
+            metavar="MODEL",
+            help=f"Default model for train.py, by task: {by_task(task_models, 'default_model')}.",
+        ),
+    ] = None,
     num_classes: Annotated[int, typer.Option(metavar="N", help="Number of classes.")] = 10,
     in_channels: Annotated[int, typer.Option(metavar="N", help="Image channels.")] = 3,
     image_size: Annotated[
         int, typer.Option(metavar="PIXELS", help="Image height and width in pixels.")
     ] = 32,
     dataset: Annotated[
-        str,
+        str | None,
         typer.Option(
-            metavar="DATASET", help=f"Default dataset for train.py: {', '.join(DATASETS)}."
+            metavar="DATASET",
+            help="Default dataset for train.py, by task: "
+            f"{by_task(task_datasets, 'default_dataset')}.",
         ),
-    ] = DEFAULT_DATASET,
+    ] = None,
     ddp: Annotated[
         bool, typer.Option("--ddp/--no-ddp", help="Multi-process training (torchrun).")
     ] = False,
@@ -190,21 +212,46 @@ def list_kinds(ctx: typer.Context) -> None:
     typer.echo("\nRun `scaffold list KIND`, e.g. scaffold list models.")
 
 
+# Which task `list models` and `list datasets` show; none: every task's.
+TaskFilter = Annotated[
+    str | None,
+    typer.Option("--task", metavar="TASK", help="Only this task's (default: every task's)."),
+]
+
+
+def chosen_tasks(task: str | None) -> list[str]:
+    if task is None:
+        return list(TASKS)
+    if task not in TASKS:
+        raise UsageError(f"unknown task {task!r}; choose one of: {', '.join(TASKS)}")
+    return [task]
+
+
+@list_app.command("tasks")
+def list_tasks() -> None:
+    """The tasks `--task` accepts."""
+    for spec in TASKS.values():
+        typer.echo(f"{spec.name:<15} {spec.description}")
+
+
 @list_app.command("models")
-def list_models() -> None:
-    """The models `--model` accepts."""
-    for spec in MODELS.values():
+def list_models(task: TaskFilter = None) -> None:
+    """The models `--model` accepts, by task."""
+    width = max(map(len, MODELS))
+    for spec in [spec for name in chosen_tasks(task) for spec in task_models(name).values()]:
+        rule = f"; --image-size a multiple of {spec.size_multiple}" if spec.size_multiple else ""
         typer.echo(
-            f"{spec.name:<20} {spec.source:<12} min image {spec.min_image_size:<4} "
-            f"{spec.description}"
+            f"{spec.name:<{width}}  {spec.task:<14}  {spec.source:<11}  "
+            f"min image {spec.min_image_size:<3}  {spec.description}{rule}"
         )
 
 
 @list_app.command("datasets")
-def list_datasets() -> None:
-    """The datasets `--dataset` accepts."""
-    for name, description in DATASETS.items():
-        typer.echo(f"{name:<10} {description}")
+def list_datasets(task: TaskFilter = None) -> None:
+    """The datasets `--dataset` accepts, by task."""
+    width = max(map(len, DATASETS))
+    for spec in [spec for name in chosen_tasks(task) for spec in task_datasets(name).values()]:
+        typer.echo(f"{spec.name:<{width}}  {spec.task:<14}  {spec.description}")
 
 
 @list_app.command("variants")

@@ -5,6 +5,11 @@ and `answered` is an answer of templates/project/copier.yml, with the same name 
 Adding a choice means a field here, its question in copier.yml and its Typer parameter in
 scaffold/cli.py; to_data(), the variants (scaffold/variants.py) and `scaffold update --set`
 derive from the fields (tests/test_options.py checks copier.yml against them).
+
+`model` and `dataset` default to their task's (catalog.TASKS): None until NewProject is made,
+when __post_init__ fills them in, so that `scaffold new --task segmentation` gets a segmentation
+model without naming one. default_answer() says what each answer defaults to for a task, which is
+also what copier.yml's Jinja defaults render to.
 """
 
 from __future__ import annotations
@@ -17,7 +22,14 @@ from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
 
 from scaffold import __version__
-from scaffold.catalog import DATASETS, DEFAULT_DATASET, DEFAULT_MODEL, MODELS
+from scaffold.catalog import (
+    DEFAULT_TASK,
+    MODELS,
+    TASKS,
+    dataset_tasks,
+    task_datasets,
+    task_models,
+)
 from scaffold.errors import UsageError
 
 PROJECT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*\Z")
@@ -36,7 +48,7 @@ DEPENDENCIES = (
 # tests/test_options.py checks that every top-level module the template writes is here.
 PROJECT_MODULES = (
     "train options model dataset cache checkpoint distributed hooks summary plot compare predict "
-    "export loggers runs tests conftest"
+    "export loggers runs tests conftest task pipeline finetune shapes files signals records"
 ).split()
 
 
@@ -88,8 +100,10 @@ NOT_AN_ANSWER = {"answer": False}
 class NewProject:
     dest: Path = field(metadata=NOT_AN_ANSWER)
     # The answers, in the order `Variant.flags()` spells them (generated_examples/README.md).
-    model: str = DEFAULT_MODEL
-    dataset: str = DEFAULT_DATASET
+    task: str = DEFAULT_TASK
+    # None: the task's default (TASK_DEFAULTS), filled in by __post_init__.
+    model: str | None = None
+    dataset: str | None = None
     image_size: int = 32
     in_channels: int = 3
     num_classes: int = 10
@@ -103,6 +117,11 @@ class NewProject:
     def __post_init__(self) -> None:
         if self.answered is None:
             object.__setattr__(self, "answered", frozenset(answer_names()))
+        # The one place an answer takes its task's default. An unknown task has none: the
+        # answer stays None and validate() names the tasks.
+        for name in TASK_DEFAULTS:
+            if getattr(self, name) is None and self.task in TASKS:
+                object.__setattr__(self, name, default_answer(name, self.task))
 
     @property
     def name(self) -> str:
@@ -114,11 +133,26 @@ class NewProject:
 
     def validate(self) -> None:
         check_project_name(self.name)
-        if self.model not in MODELS:
-            raise UsageError(f"unknown model {self.model!r}; choose one of: {', '.join(MODELS)}")
-        if self.dataset not in DATASETS:
+        if self.task not in TASKS:
+            raise UsageError(f"unknown task {self.task!r}; choose one of: {', '.join(TASKS)}")
+        models = task_models(self.task)
+        if self.model not in models:
+            if self.model in MODELS:
+                raise UsageError(
+                    f"model {self.model} is for --task {MODELS[self.model].task}; "
+                    f"choose one of: {', '.join(models)}"
+                )
+            raise UsageError(f"unknown model {self.model!r}; choose one of: {', '.join(models)}")
+        datasets = task_datasets(self.task)
+        if self.dataset not in datasets:
+            tasks = dataset_tasks(self.dataset)
+            if tasks:
+                raise UsageError(
+                    f"dataset {self.dataset} is for --task {' or '.join(tasks)}; "
+                    f"choose one of: {', '.join(datasets)}"
+                )
             raise UsageError(
-                f"unknown dataset {self.dataset!r}; choose one of: {', '.join(DATASETS)}"
+                f"unknown dataset {self.dataset!r}; choose one of: {', '.join(datasets)}"
             )
         for option, value, low, high in [
             ("--num-classes", self.num_classes, 2, MAX_CLASSES),
@@ -139,6 +173,17 @@ class NewProject:
         return data
 
 
+# The answers whose default is their task's: {answer: the TaskSpec attribute that holds it}.
+TASK_DEFAULTS = {"model": "default_model", "dataset": "default_dataset"}
+
+
+def default_answer(name: str, task: str = DEFAULT_TASK) -> object:
+    """What answer `name` defaults to in a project of `task` (a key of TASKS)."""
+    if name in TASK_DEFAULTS:
+        return getattr(TASKS[task], TASK_DEFAULTS[name])
+    return next(item.default for item in answer_fields() if item.name == name)
+
+
 def answer_fields() -> list[Field]:
     """The fields of NewProject that are answers of the project template, in order."""
     return [item for item in fields(NewProject) if item.metadata.get("answer", True)]
@@ -149,9 +194,13 @@ def answer_names() -> list[str]:
 
 
 def answer_types() -> dict[str, type]:
-    """{answer: its Python type} (bool, int or str)."""
+    """{answer: its Python type} (bool, int or str; `str | None` is str: None is a default)."""
     hints = typing.get_type_hints(NewProject)
-    return {name: hints[name] for name in answer_names()}
+    types = {}
+    for name in answer_names():
+        kinds = [kind for kind in typing.get_args(hints[name]) if kind is not type(None)]
+        types[name] = kinds[0] if kinds else hints[name]
+    return types
 
 
 def option_name(answer: str) -> str:

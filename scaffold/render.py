@@ -57,7 +57,7 @@ class TemplateSource:
     name: str
     folder: Path | None  # the template folder scaffold ships (None: only in the bundle)
     bundle: Path | None  # its history; None when this installation carries none
-    version: str | None  # the template version scaffold installs, "0.2.0"; None without history
+    version: str | None  # the template version scaffold installs, "0.3.0"; None without history
     versions: tuple[str, ...] = ()  # every version in the bundle, oldest first
     folder_is_release: bool = False  # folder == the bundle at `version`: render the folder
 

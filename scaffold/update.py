@@ -148,7 +148,7 @@ def parse_version(text: str):
     try:
         return Version(text)
     except InvalidVersion:
-        raise UsageError(f"{text!r} is not a version (for example 0.2.0)") from None
+        raise UsageError(f"{text!r} is not a version (for example 0.3.0)") from None
 
 
 def installed_source(answers: Answers):

@@ -1,8 +1,10 @@
 """The declared variants: named combinations of `scaffold new` options that CI renders and tests.
 
-Not the full product (9 models x 4 datasets x 2^3 booleans = 288), but a small list chosen so that
-    - every model appears once (each variant has its own model),
-    - every dataset, and both values of every boolean option, appear at least once,
+Not the full product (14 models of 2 tasks x their datasets x 2^3 booleans), but a small list
+chosen so that
+    - every model of every task appears once (each variant has its own model),
+    - every dataset of every task (a task's `folder` is not another's), and both values of every
+      boolean option, appear at least once,
     - every pair of the boolean options ddp, vscode and hooks takes all four value combinations
       (pairwise: rows FFF, TTF, FTT, TFT below, in the order ddp/vscode/hooks).
 `check_coverage()` proves those properties; tests/test_variants.py calls it.
@@ -28,7 +30,7 @@ import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
-from scaffold.catalog import DATASETS, MODELS
+from scaffold.catalog import DATASETS, MODELS, TASKS, task_datasets, task_models
 from scaffold.options import NewProject, answer_fields, answer_types, option_name
 
 # The on/off choices of `scaffold new` (ddp, vscode, hooks), from NewProject.
@@ -43,7 +45,8 @@ class Variant:
 
     name: str  # also the project name (and the folder name under generated_examples/)
     model: str
-    dataset: str = "fake"
+    task: str = "classification"
+    dataset: str | None = None  # None: the task's default dataset (set by __post_init__)
     ddp: bool = False
     vscode: bool = False
     hooks: bool = False
@@ -53,9 +56,16 @@ class Variant:
     suite: str = "focused"
     group: int = 1
 
+    def __post_init__(self) -> None:
+        if self.dataset is None:
+            object.__setattr__(self, "dataset", self.options()["dataset"])
+
     def options(self) -> dict[str, object]:
-        """{answer: value} for every choice of `scaffold new`, in NewProject's order."""
-        return {item.name: getattr(self, item.name, item.default) for item in answer_fields()}
+        """{answer: value} for every choice of `scaffold new`, in NewProject's order; a choice
+        left to its task's default (catalog.TASKS) gets it from NewProject, as `scaffold new`
+        does."""
+        chosen = {item.name: getattr(self, item.name, item.default) for item in answer_fields()}
+        return NewProject(dest=Path(self.name), **chosen).answers()
 
     def project(self, parent: Path) -> NewProject:
         """The options of `scaffold new PARENT/NAME ...` for this variant."""
@@ -76,7 +86,8 @@ class Variant:
         options = self.options()
         features = [name for name in BOOLEAN_OPTIONS if options[name]] or ["minimal"]
         return (
-            f"{self.name:<{width}}  {self.model:<18}  {self.dataset:<7}  "
+            f"{self.name:<{width}}  {options['task']:<{max(map(len, TASKS))}}  "
+            f"{self.model:<{max(map(len, MODELS))}}  {self.dataset:<{max(map(len, DATASETS))}}  "
             f"{self.image_size:>3}px {self.in_channels}ch  {'+'.join(features):<16}  "
             f"suite={self.suite:<7}  group={self.group}"
         )
@@ -84,7 +95,7 @@ class Variant:
 
 # ddp/vscode/hooks:       F F F, T T F, F T T, T F T are the four pairwise rows; the rest vary.
 VARIANTS: tuple[Variant, ...] = (
-    Variant("lenet_minimal", "lenet", suite="full", group=1),
+    Variant("lenet_minimal", "lenet", dataset="synthetic", suite="full", group=1),
     Variant("resnet18_ddp_vscode", "resnet18", ddp=True, vscode=True, suite="full", group=2),
     Variant("vit_b_16_hooks_vscode", "vit_b_16", vscode=True, hooks=True, suite="full", group=1),
     Variant(
@@ -110,10 +121,53 @@ VARIANTS: tuple[Variant, ...] = (
         group=2,
     ),
     Variant("convnext_tiny_ddp", "convnext_tiny", ddp=True, num_classes=100, group=3),
+    Variant(
+        "seg_unet_minimal",
+        "unet",
+        task="segmentation",
+        dataset="synthetic",
+        image_size=32,
+        suite="full",
+        group=3,
+    ),
+    Variant(
+        "seg_lraspp_ddp_vscode",
+        "lraspp_mobilenet_v3_large",
+        task="segmentation",
+        ddp=True,
+        vscode=True,
+        group=1,
+    ),
+    Variant(
+        "seg_deeplabv3_mobilenet_hooks",
+        "deeplabv3_mobilenet_v3_large",
+        task="segmentation",
+        hooks=True,
+        group=2,
+    ),
+    Variant(
+        "seg_fcn_resnet50_folder",
+        "fcn_resnet50",
+        task="segmentation",
+        dataset="folder",
+        group=3,
+    ),
+    Variant(
+        "seg_deeplabv3_resnet50_voc",
+        "deeplabv3_resnet50",
+        task="segmentation",
+        dataset="voc",
+        group=2,
+    ),
 )
 
 # Rendered in full under generated_examples/ by `scaffold examples`, and checked by a test.
-EXAMPLES: tuple[str, ...] = ("lenet_minimal", "resnet18_ddp_vscode", "vit_b_16_hooks_vscode")
+EXAMPLES: tuple[str, ...] = (
+    "lenet_minimal",
+    "resnet18_ddp_vscode",
+    "vit_b_16_hooks_vscode",
+    "seg_unet_minimal",
+)
 
 BY_NAME: dict[str, Variant] = {variant.name: variant for variant in VARIANTS}
 
@@ -135,12 +189,14 @@ def check_coverage(variants: tuple[Variant, ...] = VARIANTS) -> list[str]:
             problems.append(f"{variant.name}: {error}")
         if variant.suite not in SUITES:
             problems.append(f"{variant.name}: suite must be one of {SUITES}, not {variant.suite!r}")
-    for model in MODELS:
-        if model not in {variant.model for variant in variants}:
-            problems.append(f"no variant uses model {model}")
-    for dataset in DATASETS:
-        if dataset not in {variant.dataset for variant in variants}:
-            problems.append(f"no variant uses dataset {dataset}")
+    for task in TASKS:
+        chosen = [variant for variant in variants if variant.options()["task"] == task]
+        for model in task_models(task):
+            if model not in {variant.model for variant in chosen}:
+                problems.append(f"no variant uses {task} model {model}")
+        for dataset in task_datasets(task):
+            if dataset not in {variant.dataset for variant in chosen}:
+                problems.append(f"no variant uses {task} dataset {dataset}")
     for first, second in itertools.combinations(BOOLEAN_OPTIONS, 2):
         seen = {(variant.options()[first], variant.options()[second]) for variant in variants}
         for pair in itertools.product((False, True), repeat=2):

@@ -130,7 +130,7 @@ def test_registry_lines_and_answers(project, capsys):
     assert "from hooks.grad_watch import GradWatch\nfrom hooks.gradients import" in hooks
     assert '    "my_hook": MyHook,\n    "grad_watch": GradWatch,\n}' in hooks
     model = (project / "model.py").read_text()
-    assert "from torch import nn\n\nfrom model_tiny_cnn import TinyCnn\n\n\n" in model
+    assert "replace_stem\nfrom model_tiny_cnn import TinyCnn\n\n\n" in model
     assert '"mlp": MLP, "tiny_cnn": TinyCnn}' in model
     assert '    "tiny_cnn": "head",\n}' in model
     dataset = (project / "dataset.py").read_text()

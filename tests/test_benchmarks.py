@@ -235,7 +235,10 @@ def test_ops_per_step_of_the_generated_loop_against_the_bare_loop(lenet_project,
     assert ours["syncs"] == 0, ours["sync_names"]
     assert bare["ops"] > 50 and bare["syncs"] == 0
     logged = result["generated"]["logged"]
-    assert logged["sync_names"] == {"aten::_local_scalar_dense": 1}, "the logged loss's .item()"
+    # One read-back of the logged losses, all at once (train.step_means: .tolist(); an .item()
+    # would count as aten::_local_scalar_dense).
+    assert logged["syncs"] == 1, logged["sync_names"]
+    assert set(logged["sync_names"]) <= {"Tensor.tolist()", "aten::_local_scalar_dense"}
 
 
 @pytest.mark.slow

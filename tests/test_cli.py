@@ -17,8 +17,9 @@ from helpers import run_cli, tree_hash
 
 import scaffold
 from scaffold import cli, render
-from scaffold.catalog import DATASETS, MODELS
+from scaffold.catalog import MODELS, TASKS, task_datasets, task_models
 from scaffold.cli import app
+from scaffold.render import Rendered
 
 
 def test_help_lists_the_commands(capsys):
@@ -40,6 +41,7 @@ COMMANDS = [
     ["doctor"],
     ["examples"],
     ["list"],
+    ["list", "tasks"],
     ["list", "models"],
     ["list", "datasets"],
     ["list", "variants"],
@@ -76,8 +78,21 @@ def words(text: str) -> str:
 
 def test_new_help_lists_the_catalog_choices(capsys):
     out = words(run_cli(capsys, "new", "--help")[1])
-    assert f"--model MODEL Default model for train.py: {', '.join(MODELS)}." in out
-    assert f"--dataset DATASET Default dataset for train.py: {', '.join(DATASETS)}." in out
+    assert (
+        "--task TASK What the project learns: classification, segmentation "
+        "(scaffold list tasks). [default: classification]" in out
+    )
+    models = "; ".join(
+        f"{task}: {', '.join(task_models(task))} (default {spec.default_model})"
+        for task, spec in TASKS.items()
+    )
+    assert f"--model MODEL Default model for train.py, by task: {models}." in out
+    datasets = "; ".join(
+        f"{task}: {', '.join(task_datasets(task))} (default {spec.default_dataset})"
+        for task, spec in TASKS.items()
+    )
+    assert f"--dataset DATASET Default dataset for train.py, by task: {datasets}." in out
+    assert "classification: fake, synthetic, folder, cifar10, mnist (default fake)" in out
 
 
 HELP_LINES = {
@@ -115,8 +130,9 @@ def test_metavars_are_words(capsys, command):
 def test_list_without_a_kind_lists_the_kinds(capsys):
     assert run_cli(capsys, "list") == (
         0,
-        "models     The models `--model` accepts.\n"
-        "datasets   The datasets `--dataset` accepts.\n"
+        "tasks      The tasks `--task` accepts.\n"
+        "models     The models `--model` accepts, by task.\n"
+        "datasets   The datasets `--dataset` accepts, by task.\n"
         "variants   The option combinations CI renders and tests (scaffold/variants.py).\n"
         "\nRun `scaffold list KIND`, e.g. scaffold list models.\n",
         "",
@@ -218,6 +234,55 @@ def test_list_models_names_every_model(capsys):
     code, out, _ = run_cli(capsys, "list", "models")
     assert code == 0
     assert [line.split()[0] for line in out.splitlines()] == list(MODELS)
+    assert [line.split()[1] for line in out.splitlines()] == [spec.task for spec in MODELS.values()]
+
+
+def test_list_tasks_describes_each_task(capsys):
+    assert run_cli(capsys, "list", "tasks") == (
+        0,
+        "classification  one class per image: cross-entropy over the logits, top-1 accuracy\n"
+        "segmentation    one class per pixel: per-pixel cross-entropy, pixel accuracy and mean "
+        "IoU\n",
+        "",
+    )
+
+
+def test_list_models_and_datasets_of_one_task(capsys):
+    code, out, err = run_cli(capsys, "list", "models", "--task", "segmentation")
+    assert (code, err) == (0, "")
+    assert [line.split()[:2] for line in out.splitlines()] == [
+        [model, "segmentation"] for model in task_models("segmentation")
+    ]
+    assert out.splitlines()[0] == (
+        "unet                          segmentation    custom       min image 16   "
+        "a small U-Net of our own, for CPU work; --image-size a multiple of 8"
+    )
+    code, out, err = run_cli(capsys, "list", "datasets", "--task", "segmentation")
+    assert (code, err) == (0, "")
+    assert out == (
+        "synthetic  segmentation    shapes drawn in code on a background, with their masks; "
+        "seeded, learnable, no files\n"
+        "folder     segmentation    DATA_DIR/train/images + train/masks (+ val/...): PNG "
+        "class-index masks with the same stem, 255 = ignore\n"
+        "voc        segmentation    Pascal VOC 2012 layout read from a local folder (no download)\n"
+    )
+
+
+def test_list_datasets_groups_them_by_task(capsys):
+    code, out, _ = run_cli(capsys, "list", "datasets")
+    assert code == 0
+    assert [line.split()[:2] for line in out.splitlines()] == [
+        [dataset, task] for task in TASKS for dataset in task_datasets(task)
+    ]
+
+
+@pytest.mark.parametrize("kind", ["models", "datasets"])
+def test_list_of_an_unknown_task_is_a_usage_error(capsys, kind):
+    assert run_cli(capsys, "list", kind, "--task", "detection") == (
+        2,
+        "",
+        "error: unknown task 'detection'; choose one of: classification, segmentation\n",
+    )
 
 
 def test_importing_the_cli_loads_neither_torch_nor_copier():
@@ -387,6 +452,9 @@ BAD_INPUTS = [
     (["class"], "it is a Python keyword"),
     (["x/.."], "invalid project name '..'"),
     (["p", "--model", "resnet"], "unknown model 'resnet'; choose one of: lenet, mlp,"),
+    (["p", "--task", "detection"], "unknown task 'detection'; choose one of: classification,"),
+    (["p", "--model", "unet"], "model unet is for --task segmentation; choose one of: lenet,"),
+    (["p", "--dataset", "voc"], "dataset voc is for --task segmentation; choose one of: fake,"),
     (["p", "--dataset", "imagenet"], "unknown dataset 'imagenet'; choose one of: fake,"),
     (["p", "--num-classes", "1"], "--num-classes must be between 2 and 1000000, got 1"),
     (["p", "--in-channels", "0"], "--in-channels must be between 1 and 64, got 0"),
@@ -412,6 +480,108 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(
         assert part in err
     assert "Traceback" not in out + err
     assert tree_hash(tmp_path) == before
+
+
+TASK_MISMATCHES = [
+    (
+        ["--model", "unet"],
+        "error: model unet is for --task segmentation; choose one of: lenet, mlp, resnet18, "
+        "resnet34, resnet50, mobilenet_v3_small, efficientnet_b0, convnext_tiny, vit_b_16\n",
+    ),
+    (
+        ["--task", "segmentation", "--model", "resnet18"],
+        "error: model resnet18 is for --task classification; choose one of: unet, "
+        "lraspp_mobilenet_v3_large, deeplabv3_mobilenet_v3_large, fcn_resnet50, "
+        "deeplabv3_resnet50\n",
+    ),
+    (
+        ["--dataset", "voc"],
+        "error: dataset voc is for --task segmentation; choose one of: fake, synthetic, folder, "
+        "cifar10, mnist\n",
+    ),
+    (
+        ["--task", "segmentation", "--dataset", "fake"],
+        "error: dataset fake is for --task classification; choose one of: synthetic, folder, "
+        "voc\n",
+    ),
+    (
+        ["--task", "detection"],
+        "error: unknown task 'detection'; choose one of: classification, segmentation\n",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "args, expected", TASK_MISMATCHES, ids=[" ".join(args) for args, _ in TASK_MISMATCHES]
+)
+def test_a_choice_of_another_task_is_one_exact_line_exit_2(tmp_path, capsys, args, expected):
+    before = tree_hash(tmp_path)
+    for dry_run in ([], ["--dry-run"]):
+        assert run_cli(capsys, "new", str(tmp_path / "p"), *args, *dry_run) == (2, "", expected)
+    assert tree_hash(tmp_path) == before
+
+
+def recorded_projects(monkeypatch) -> list:
+    """What `scaffold new` asks render.create_project for, instead of rendering it."""
+    seen = []
+
+    def record(project, **options):
+        project.validate()
+        seen.append(project)
+        return Rendered([])
+
+    monkeypatch.setattr(render, "create_project", record)
+    return seen
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        ([], ("classification", "resnet18", "fake")),
+        (["--task", "classification"], ("classification", "resnet18", "fake")),
+        (["--task", "segmentation"], ("segmentation", "unet", "synthetic")),
+        (
+            ["--task", "segmentation", "--model", "fcn_resnet50"],
+            ("segmentation", "fcn_resnet50", "synthetic"),
+        ),
+        (["--task", "segmentation", "--dataset", "voc"], ("segmentation", "unet", "voc")),
+        (["--model", "lenet", "--dataset", "synthetic"], ("classification", "lenet", "synthetic")),
+    ],
+    ids=lambda value: " ".join(value) if isinstance(value, list) else "",
+)
+def test_new_takes_the_tasks_default_model_and_dataset(
+    tmp_path, capsys, monkeypatch, args, expected
+):
+    seen = recorded_projects(monkeypatch)
+    code, _, err = run_cli(capsys, "new", str(tmp_path / "x"), *args, "--dry-run")
+    assert (code, err) == (0, "")
+    [project] = seen
+    data = project.to_data()
+    assert (data["task"], data["model"], data["dataset"]) == expected
+    assert data["num_classes"] == 10 and data["image_size"] == 32
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_segmentation_takes_the_number_of_classes_given(tmp_path, capsys, monkeypatch):
+    seen = recorded_projects(monkeypatch)
+    args = ["--task", "segmentation", "--num-classes", "2", "--dry-run"]
+    assert run_cli(capsys, "new", str(tmp_path / "x"), *args)[0] == 0
+    assert seen[0].to_data()["num_classes"] == 2
+
+
+def test_interactively_copier_asks_for_the_model_of_the_task_answered(
+    tmp_path, capsys, monkeypatch
+):
+    """Without --model, --interactive leaves the model to copier's question, whose default
+    follows the task (copier.yml)."""
+    seen = recorded_projects(monkeypatch)
+    args = ["--task", "segmentation", "--interactive", "--dry-run"]
+    assert run_cli(capsys, "new", str(tmp_path / "x"), *args)[0] == 0
+    assert seen[0].to_data() == {
+        "project_name": "x",
+        "task": "segmentation",
+        "template_version": scaffold.__version__,
+    }
 
 
 def test_dest_that_is_a_file_is_refused(tmp_path, capsys):

@@ -629,35 +629,49 @@ def test_installation_carries_its_template_history(tmp_path, monkeypatch):
     assert source.folder_is_release
 
 
-# ---- the real upgrade: a 0.1.0 project to this template ---------------------------------------
+# ---- the real upgrades: 0.1.0 and 0.2.0 projects to this template -----------------------------
 
 ROOT = Path(__file__).resolve().parent.parent
 OPTIMIZER_LINE = (
     "        return torch.optim.AdamW(groups, lr=args.lr, weight_decay=args.weight_decay)\n"
 )
 LOOP_LINE = "            epoch_loss += loss.detach()\n"  # 0.1.0's loop, rewritten in 0.2.0
+LOSS_LINE = "                        loss = criterion(model(images), labels)\n"  # task.py in 0.3.0
 
 
-@pytest.fixture(scope="module")
-def releases(tmp_path_factory) -> History:
-    """Bundles of the 0.1.0 release (its commit, from RELEASES) and of this checkout."""
-    commit = release.recorded_releases(ROOT)["0.1.0"]
+def release_bundles(base: Path, version: str) -> Path:
+    """Bundles of release `version` as its own wheel would carry them, built from its commit in
+    RELEASES; the test skips in a clone that lacks the commit."""
+    commit = release.recorded_releases(ROOT)[version]
     probe = subprocess.run(["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=ROOT)
     if probe.returncode:
-        pytest.skip(f"this clone lacks the 0.1.0 release commit {commit}: git fetch --unshallow")
-    base = tmp_path_factory.mktemp("releases")
-    old = base / "scaffold-0.1.0"
+        pytest.skip(f"this clone lacks the {version} release commit {commit}: git fetch --unshallow")
+    old = base / f"scaffold-{version}"
     old.mkdir()
     archive = subprocess.run(["git", "archive", commit], cwd=ROOT, capture_output=True, check=True)
     subprocess.run(["tar", "-x", "-C", str(old)], input=archive.stdout, check=True)
     git("init", "--quiet", cwd=old)
     git("add", "--all", cwd=old)
-    git("commit", "--quiet", "-m", "Release 0.1.0", cwd=old)
-    git("tag", "v0.1.0", cwd=old)
-    build_bundles(old, base / "v0.1.0")
+    git("commit", "--quiet", "-m", f"Release {version}", cwd=old)
+    git("tag", f"v{version}", cwd=old)
+    build_bundles(old, base / f"v{version}")
+    return base / f"v{version}"
+
+
+@pytest.fixture(scope="module")
+def releases(tmp_path_factory) -> History:
+    """Bundles of the 0.1.0 release and of this checkout."""
+    base = tmp_path_factory.mktemp("releases")
+    old = release_bundles(base, "0.1.0")
     manifest = release.build_bundles(ROOT, base / "current", warn=lambda message: None)
-    assert manifest["templates"]["project"]["versions"][0] == "0.1.0"
-    return History(ROOT, base / "v0.1.0", base / "current")
+    assert manifest["templates"]["project"]["versions"][:2] == ["0.1.0", "0.2.0"]
+    return History(ROOT, old, base / "current")
+
+
+@pytest.fixture(scope="module")
+def release_0_2_0(tmp_path_factory, releases) -> History:
+    """Bundles of the 0.2.0 release and of this checkout."""
+    return History(ROOT, release_bundles(tmp_path_factory.mktemp("releases"), "0.2.0"), releases.v2)
 
 
 def project_of_0_1_0(tmp_path: Path, home: Path, releases: History, old: str, new: str) -> Path:
@@ -675,11 +689,12 @@ def test_a_0_1_0_project_updates_and_keeps_an_edit_where_train_py_did_not_move(
     project = project_of_0_1_0(tmp_path, home, releases, OPTIMIZER_LINE, edited)
     result = scaffold_cli("update", cwd=project, env=environment(home, releases.v2))
     assert result.returncode == 0, result.stderr
-    assert "project: template 0.1.0 -> 0.2.0" in result.stdout
+    assert f"project: template 0.1.0 -> {scaffold.__version__}" in result.stdout
     assert "created  distributed.py" in result.stdout and "conflict" not in result.stdout
     train = (project / "train.py").read_text()
     assert edited in train and "<<<<<<<" not in train
-    assert "def train_one_epoch(" in train and answers(project)["_commit"] == "v0.2.0"
+    assert "def train_one_epoch(" in train
+    assert answers(project)["_commit"] == f"v{scaffold.__version__}"
     run = subprocess.run(
         [sys.executable, "train.py", "--max-steps=2", "--epochs=1", "--workers=0", "--device=cpu"]
         + ["--fake-size=16", "--batch-size=8", "--optimizer=adamw", "--output-dir=run"],
@@ -702,3 +717,47 @@ def test_an_edit_where_train_py_moved_gives_conflict_markers_and_exit_1(releases
     train = (project / "train.py").read_text()
     assert "<<<<<<< before updating" in train and ">>>>>>> after updating" in train
     assert edited in train, "the user's line is kept, inside the markers"
+
+
+def project_of_0_2_0(tmp_path: Path, home: Path, history: History, old: str, new: str) -> Path:
+    project = new_project(tmp_path, home, history.v1)
+    assert answers(project)["_commit"] == "v0.2.0"
+    replace_once(project / "train.py", old, new)
+    commit_all(project, "My change")
+    return project
+
+
+def test_a_0_2_0_project_updates_keeping_an_edit_where_train_py_did_not_move(
+    release_0_2_0, home, tmp_path
+):
+    edited = OPTIMIZER_LINE.replace("lr=args.lr,", "lr=args.lr, betas=(0.9, 0.95),")
+    project = project_of_0_2_0(tmp_path, home, release_0_2_0, OPTIMIZER_LINE, edited)
+    result = scaffold_cli("update", cwd=project, env=environment(home, release_0_2_0.v2))
+    assert result.returncode == 0, result.stderr
+    assert f"project: template 0.2.0 -> {scaffold.__version__}" in result.stdout
+    assert "created  task.py" in result.stdout and "conflict" not in result.stdout
+    train = (project / "train.py").read_text()
+    assert edited in train and "<<<<<<<" not in train and "task.loss(model, batch)" in train
+    run = subprocess.run(
+        [sys.executable, "train.py", "--max-steps=2", "--epochs=1", "--workers=0", "--device=cpu"]
+        + ["--fake-size=16", "--batch-size=8", "--optimizer=adamw", "--output-dir=run"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr
+    assert (project / "run" / "best.pt").is_file()
+
+
+def test_a_0_2_0_edit_of_the_loss_that_moved_to_task_py_is_a_conflict(
+    release_0_2_0, home, tmp_path
+):
+    edited = LOSS_LINE.replace("labels)", "labels) * 2  # my loss")
+    project = project_of_0_2_0(tmp_path, home, release_0_2_0, LOSS_LINE, edited)
+    result = scaffold_cli("update", cwd=project, env=environment(home, release_0_2_0.v2))
+    assert result.returncode == 1
+    assert result.stderr == (
+        "error: conflicts in train.py: resolve the <<<<<<< markers, then commit\n"
+    )
+    train = (project / "train.py").read_text()
+    assert "<<<<<<< before updating" in train and edited in train

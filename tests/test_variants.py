@@ -49,33 +49,51 @@ ALWAYS = (
     "cache.py",
     "checkpoint.py",
     "compare.py",
-    "dataset.py",
     "distributed.py",
     "export.py",
+    "files.py",
+    "finetune.py",
     "loggers.py",
-    "model.py",
     "options.py",
+    "pipeline.py",
     "plot.py",
     "predict.py",
     "pyproject.toml",
+    "records.py",
     "runs.py",
+    "shapes.py",
+    "signals.py",
     "summary.py",
     "train.py",
     "tests/conftest.py",
-    "tests/test_cache.py",
     "tests/test_cuda.py",
-    "tests/test_data.py",
-    "tests/test_export.py",
     "tests/test_loggers.py",
-    "tests/test_model.py",
     "tests/test_plot.py",
-    "tests/test_predict.py",
     "tests/test_records.py",
     "tests/test_runs.py",
-    "tests/test_summary.py",
     "tests/test_train.py",
 )
+# Keys: an on/off option, or "task=NAME" for the files of one task (each task has its own
+# task.py, model.py and dataset.py).
 FILES_BY_OPTION = {
+    "task=classification": (
+        "dataset.py",
+        "model.py",
+        "task.py",
+        "tests/test_cache.py",
+        "tests/test_data.py",
+        "tests/test_export.py",
+        "tests/test_learning.py",
+        "tests/test_model.py",
+        "tests/test_predict.py",
+        "tests/test_summary.py",
+    ),
+    "task=segmentation": (
+        "dataset.py",
+        "model.py",
+        "task.py",
+        "tests/test_segmentation.py",
+    ),
     "ddp": (
         "scripts/slurm.sbatch",
         "scripts/train_ddp.sh",
@@ -98,12 +116,15 @@ FILES_BY_OPTION = {
 # (skipped without a GPU). Paths relative to the project; a name that no longer exists fails.
 FOCUSED = {
     "always": (
-        "tests/test_model.py::test_output_has_one_logit_per_class",
-        "tests/test_model.py::test_first_loss_is_near_ln_num_classes",
-        "tests/test_model.py::test_gradient_reaches_the_input_and_every_layer_trains",
         "tests/test_train.py::test_smoke_run_logs_metrics_and_writes_checkpoints",
         "tests/test_cuda.py",
     ),
+    "task=classification": (
+        "tests/test_model.py::test_output_has_one_logit_per_class",
+        "tests/test_model.py::test_first_loss_is_near_ln_num_classes",
+        "tests/test_model.py::test_gradient_reaches_the_input_and_every_layer_trains",
+    ),
+    "task=segmentation": ("tests/test_segmentation.py",),
     "ddp": (
         "tests/test_ddp.py::test_two_processes_write_one_checkpoint_and_one_metrics_file",
         "tests/test_ddp.py::test_two_processes_train_like_one_with_the_same_global_batch",
@@ -116,25 +137,33 @@ FOCUSED = {
 # What train.py, run with its defaults and no data, must tell the user.
 HOW_TO_GET_DATA = {"folder": "--data-dir", "cifar10": "--download", "mnist": "--download"}
 
-CONDITIONAL = re.compile(r"\{% if (\w+) %\}(.*?)\{% endif %\}")  # a file or folder per option
+# A file or folder per option ({% if ddp %}) or per task ({% if task == 'segmentation' %}).
+CONDITIONAL = re.compile(r"\{% if (\w+)(?: == '(\w+)')? %\}(.*?)\{% endif %\}")
 SUITE_TIMEOUT = 900  # seconds for one generated suite; far above the slowest measured
 ids = [variant.name for variant in VARIANTS]
 
 
+def chosen(variant: Variant, key: str) -> bool:
+    """Whether the variant has option `key` ("ddp") or is of its task ("task=segmentation")."""
+    option, _, value = key.partition("=")
+    return getattr(variant, option) == value if value else getattr(variant, option)
+
+
 def expected_files(variant: Variant) -> set[str]:
     files = set(ALWAYS)
-    for option, option_files in FILES_BY_OPTION.items():
-        if getattr(variant, option):
+    for key, option_files in FILES_BY_OPTION.items():
+        if chosen(variant, key):
             files.update(option_files)
     return files
 
 
 def focused_tests(variant: Variant) -> list[str]:
-    tests = list(FOCUSED["always"])
-    for option in BOOLEAN_OPTIONS:
-        if getattr(variant, option):
-            tests += FOCUSED.get(option, ())
-    return tests
+    return [
+        test
+        for key, tests in FOCUSED.items()
+        if key == "always" or chosen(variant, key)
+        for test in tests
+    ]
 
 
 def project_files(root: Path) -> list[Path]:
@@ -158,24 +187,24 @@ def rendered(tmp_path_factory):
 
 def test_the_variants_cover_every_model_dataset_and_pair_of_boolean_options():
     assert check_coverage() == []
-    assert 8 <= len(VARIANTS) <= 12, "keep the list small: it is not the full product"
+    assert 8 <= len(VARIANTS) <= 16, "keep the list small: it is not the full product"
 
 
 def test_the_table_of_files_matches_the_template_folder():
     """Each template file is in ALWAYS, or under the one option its `{% if %}` name depends on."""
     root = template_dir() / "template"
-    in_template = {}
+    in_template = set()
     for path in root.rglob("*"):
         if path.is_file() and "__pycache__" not in path.parts:
             name = path.relative_to(root).as_posix()
             name = name.replace("{{ _copier_conf.answers_file }}", ".copier-answers.yml")
-            options = tuple(sorted({option for option, _ in CONDITIONAL.findall(name)}))
-            in_template[CONDITIONAL.sub(r"\2", name).removesuffix(".jinja")] = options
-    in_table = {name: () for name in ALWAYS}
-    for option, files in FILES_BY_OPTION.items():
-        in_table.update({name: (option,) for name in files})
+            keys = sorted({f"{o}={v}" if v else o for o, v, _ in CONDITIONAL.findall(name)})
+            in_template.add((CONDITIONAL.sub(r"\3", name).removesuffix(".jinja"), tuple(keys)))
+    in_table = {(name, ()) for name in ALWAYS}
+    for key, files in FILES_BY_OPTION.items():
+        in_table.update((name, (key,)) for name in files)
     listed = [*ALWAYS, *(name for files in FILES_BY_OPTION.values() for name in files)]
-    assert len(listed) == len(set(listed)), "a file is listed twice"
+    assert len(listed) == len(in_table), "a file is listed twice under one option"
     assert in_table == in_template
 
 
@@ -247,7 +276,8 @@ def test_black_and_ruff_are_clean(rendered, variant):
 @pytest.mark.parametrize("variant", VARIANTS, ids=ids)
 def test_the_answers_file_records_the_choices(rendered, variant):
     answers = yaml.safe_load((rendered(variant) / ".copier-answers.yml").read_text())
-    for key in ("model", "dataset", "image_size", "in_channels", "num_classes", *BOOLEAN_OPTIONS):
+    keys = ("task", "model", "dataset", "image_size", "in_channels", "num_classes")
+    for key in (*keys, *BOOLEAN_OPTIONS):
         assert answers[key] == getattr(variant, key), key
     assert answers["project_name"] == variant.name
 
