@@ -157,6 +157,7 @@ VARIANTS: tuple[Variant, ...] = (
         "deeplabv3_resnet50",
         task="segmentation",
         dataset="voc",
+        num_classes=21,
         group=2,
     ),
 )

@@ -567,3 +567,38 @@ train.main([*common, "--model", "tiny_cnn", "--dataset", "my_images",
     first = (project / "runs/acceptance/metrics.jsonl").read_text().splitlines()[0]
     grad_watch = json.loads(first)["hooks"]["grad_watch"]
     assert set(grad_watch["layer1.0.conv1"]) == {"grad_output", "weight"}
+
+
+@pytest.fixture(scope="session")
+def segmentation(tmp_path_factory) -> Path:
+    return render(tmp_path_factory.mktemp("seg"), "seg", task="segmentation", model="unet")
+
+
+def test_segmentation_projects_get_segmentation_components(segmentation, tmp_path, capsys):
+    """A model that maps images to per-pixel logits, a dataset of (image, mask) pairs: both train
+    in the segmentation project as added, without an edit."""
+    project = Path(shutil.copytree(segmentation, tmp_path / "seg"))
+    for args in [["model", "tiny_seg"], ["dataset", "squares"]]:
+        code, _, err = run_cli(capsys, "add", *args, "-C", str(project))
+        assert (code, err) == (0, "")
+    assert "class TinySeg(nn.Module):" in (project / "model_tiny_seg.py").read_text()
+    assert "(image, mask)" in (project / "dataset_squares.py").read_text()
+    assert yaml.safe_load((project / ".copier-answers.model-tiny_seg.yml").read_text())["task"] == (
+        "segmentation"
+    )
+    check_clean(project, ["model_tiny_seg.py", "dataset_squares.py", "model.py", "dataset.py"])
+    script = """
+import json, train
+metrics = train.main(["--model", "tiny_seg", "--dataset", "squares", "--num-classes", "2",
+                      "--synthetic-size", "16", "--batch-size", "8", "--epochs", "1",
+                      "--device", "cpu", "--workers", "0", "--output-dir", "runs/added"])
+print(json.dumps(metrics))
+"""
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(
+        [PYTHON, "-c", script], cwd=project, capture_output=True, text=True, env=env, timeout=600
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    metrics = json.loads(run.stdout.strip().splitlines()[-1])
+    assert metrics["step"] == 2 and 0 <= metrics["val_miou"] <= 1
+    assert set(metrics) >= {"val_loss", "val_miou", "val_pixel_acc", "val_iou/0"}

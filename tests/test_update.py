@@ -645,7 +645,9 @@ def release_bundles(base: Path, version: str) -> Path:
     commit = release.recorded_releases(ROOT)[version]
     probe = subprocess.run(["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=ROOT)
     if probe.returncode:
-        pytest.skip(f"this clone lacks the {version} release commit {commit}: git fetch --unshallow")
+        pytest.skip(
+            f"this clone lacks the {version} release commit {commit}: git fetch --unshallow"
+        )
     old = base / f"scaffold-{version}"
     old.mkdir()
     archive = subprocess.run(["git", "archive", commit], cwd=ROOT, capture_output=True, check=True)

@@ -7,9 +7,10 @@ names and the labels. Later runs check the manifest against the files and read w
 straight from the array: no PIL, and no Python per image. A cache whose files changed, or one built
 for another image size or channel count, is rebuilt, with one line saying why.
 
-Both files are written under temporary names and renamed at the end, the manifest last, so a full
-disk or a kill while building leaves no cache that a later run would trust. Under torchrun the
-first process of each machine builds, and the others wait for its manifest.
+Both files are written under temporary names and renamed at the end (files.py), the manifest last,
+so a full disk or a kill while building leaves no cache that a later run would trust. Under
+torchrun the first process of each machine builds (distributed.is_local_main_process), and the
+others wait for its manifest.
 """
 
 import glob
@@ -24,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 import distributed
-from runs import write_json
+import files
 
 FORMAT = 1  # of the manifest; a cache of another format is rebuilt
 WAIT_SECONDS = 2  # how often the processes that do not build look for the finished cache
@@ -80,7 +81,7 @@ def cached(dataset: Dataset, sources: list[str], name: str, args) -> CachedImage
         "in_channels": args.in_channels,
         "sources": fingerprint(sources),
     }
-    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+    if distributed.is_local_main_process():
         problem = stale(path, expected)
         if problem:
             print(f"{problem}: building it", file=sys.stderr)
@@ -98,9 +99,13 @@ def fingerprint(paths: list[str]) -> list[list]:
     return [[path, stat.st_size, stat.st_mtime_ns] for path, stat in stats]
 
 
+def manifest_path(path: str) -> str:
+    return path.removesuffix(".u8") + ".json"
+
+
 def read_manifest(path: str) -> dict | None:
     try:
-        with open(path.removesuffix(".u8") + ".json") as file:
+        with open(manifest_path(path)) as file:
             return json.load(file)
     except (OSError, ValueError):
         return None
@@ -129,9 +134,9 @@ def build(dataset: Dataset, path: str, expected: dict, args) -> None:
     """Decode every image into PATH and write the manifest; unreadable images stop the build
     with their name, or with --skip-bad-images are left out and counted."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    for leftover in glob.glob(f"{path}.tmp-*") + glob.glob(f"{path[:-3]}.json.tmp-*"):
+    for leftover in glob.glob(f"{path}.tmp-*") + glob.glob(f"{manifest_path(path)}.tmp-*"):
         os.remove(leftover)  # from a build that was killed
-    temporary = f"{path}.tmp-{os.getpid()}"
+    temporary = files.temporary_name(path)
     shape = (len(dataset), args.in_channels, args.image_size, args.image_size)
     # Its own generator: a loader without one draws from the global RNG, and a run that builds
     # the cache would then train on other random numbers than one that reads it.
@@ -168,8 +173,7 @@ def build(dataset: Dataset, path: str, expected: dict, args) -> None:
             "--cache-dir to put it elsewhere"
         ) from None
     finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+        files.remove_quietly(temporary)
     if skipped:
         print(
             f"warning: left out {len(skipped)} unreadable images: {skipped[0]}...", file=sys.stderr
@@ -181,11 +185,9 @@ def build(dataset: Dataset, path: str, expected: dict, args) -> None:
 def publish(temporary: str, path: str, manifest: dict) -> None:
     """Move the finished array into place, then write its manifest; the old manifest goes first,
     so that a kill in between leaves a cache without a manifest, which is rebuilt."""
-    manifest_path = path.removesuffix(".u8") + ".json"
-    if os.path.exists(manifest_path):
-        os.remove(manifest_path)
-    os.replace(temporary, path)
-    write_json(manifest_path, manifest)
+    files.remove_quietly(manifest_path(path))
+    files.replace(temporary, path)
+    files.write_json(manifest_path(path), manifest)
 
 
 class Decoding(Dataset):

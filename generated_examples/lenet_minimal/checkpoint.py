@@ -1,5 +1,5 @@
-"""Checkpoints: the whole training state saved and restored in one place, atomic writes, safe
-loading, finding the one to resume from, and fine-tuning weights.
+"""Checkpoints: the whole training state saved and restored in one place, written atomically
+(files.py), loaded safely, finding the one to resume from, and fine-tuning weights.
 
 A checkpoint is a dict: one entry per stateful object of the run (model, optimizer, scheduler,
 scaler, progress, log: whatever train.py hands to Checkpointer), `rng_per_rank` (every process's
@@ -10,7 +10,6 @@ random number generators) and metadata (`args`, `template_version`, `class_names
 import glob
 import os
 import random
-import shutil
 import sys
 import zipfile
 
@@ -18,6 +17,7 @@ import torch
 from torch import nn
 
 import distributed
+import files
 
 LAST = "last.pt"
 BEST = "best.pt"
@@ -57,7 +57,7 @@ class Checkpointer:
         if distributed.is_main_process():
             save_checkpoint(state, path)
             for alias in aliases:
-                publish(path, os.path.join(self.output_dir, alias))
+                files.publish(path, os.path.join(self.output_dir, alias))
             prune_step_checkpoints(self.output_dir, self.keep_last)
         distributed.barrier()
         return path
@@ -75,16 +75,10 @@ class Checkpointer:
 
 def save_checkpoint(state: dict, path: str) -> None:
     """Write `state` so that `path` always holds either the old or the new checkpoint, whole."""
-    temporary = f"{path}.tmp-{os.getpid()}"
     try:
-        with open(temporary, "wb") as file:
+        with files.atomic_write(path) as file:
             torch.save(state, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-        sync_directory(os.path.dirname(path))
     except BaseException as error:
-        remove_quietly(temporary)
         cause = os_error_in(error)
         if cause is None:
             raise
@@ -100,32 +94,6 @@ def os_error_in(error: BaseException) -> OSError | None:
     while error is not None and not isinstance(error, OSError):
         error = error.__cause__ or error.__context__
     return error
-
-
-def publish(source: str, path: str) -> None:
-    """Make `path` a second name for the finished checkpoint `source`, atomically."""
-    temporary = f"{path}.tmp-{os.getpid()}"
-    remove_quietly(temporary)
-    try:
-        os.link(source, temporary)
-    except OSError:  # file systems without hard links
-        shutil.copyfile(source, temporary)
-    os.replace(temporary, path)
-
-
-def sync_directory(directory: str) -> None:
-    descriptor = os.open(directory or ".", os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def remove_quietly(path: str) -> None:
-    try:
-        os.remove(path)
-    except FileNotFoundError:
-        pass
 
 
 def prune_step_checkpoints(directory: str, keep: int) -> None:

@@ -12,7 +12,7 @@ import os
 import sys
 
 import runs
-from dataset import CACHEABLE, DATASETS, dataset_channels_problem
+from dataset import CACHEABLE, DATASETS, DATASETS_HELP, dataset_channels_problem
 from loggers import TRACKERS, trackers_problem
 from model import MODEL_NAMES, model_image_size_problem
 
@@ -77,12 +77,15 @@ def parse_args(argv=None):
     data = parser.add_argument_group("data")
     data.add_argument(
         "--dataset",
-        default="fake",
+        default="synthetic",
         choices=list(DATASETS),
-        help="where the images come from",
+        help=f"where the images come from: {DATASETS_HELP}",
     )
     data.add_argument("--data-dir", default="data", help="dataset root (folder, cifar10, mnist)")
     data.add_argument("--download", action="store_true", help="allow downloading data and weights")
+    data.add_argument(
+        "--synthetic-size", type=count(1), default=1024, help="training samples of 'synthetic'"
+    )
     data.add_argument("--fake-size", type=count(1), default=512, help="training samples of 'fake'")
     data.add_argument("--num-classes", type=count(2), default=10, help="classes")
     data.add_argument("--in-channels", type=count(1), default=3, help="channels")
@@ -226,6 +229,8 @@ def options_problem(args) -> str | None:
     if image_size_problem:
         return image_size_problem
     if args.cache and args.dataset not in CACHEABLE:
+        if not CACHEABLE:
+            return "--cache is not available for this task's datasets: drop it"
         return f"--cache is for the datasets read from files ({', '.join(CACHEABLE)})"
     channels_problem = dataset_channels_problem(args.dataset, args.in_channels)
     if channels_problem:

@@ -10,21 +10,26 @@ leaving out --seed, --output-dir and the options that do not change the training
 --workers, ...): runs that differ only in those are repeats of one setting.
 Each group gets a row of the table (the last epoch line of each run: mean ± sample standard
 deviation over the runs) and a curve per panel (the mean per epoch, with a band of ± one standard
-deviation). Needs matplotlib for the figure (`pip install -e '.[plot]'`); `--no-figure` prints the
-table only.
+deviation). The metrics are the ones the runs logged, found in their last epoch lines:
+train_loss, val_loss, then every other number named val_* in the order first seen (val_acc for
+classification; val_miou, val_pixel_acc for segmentation; ...), except the per-class metrics,
+whose names hold a "/" (val_iou/3). Needs matplotlib for the figure (`pip install -e
+'.[plot]'`); `--no-figure` prints the table only.
 """
 
 import argparse
 import json
+import math
 import os
 import statistics
 
-from plot import import_matplotlib, read_metrics, save
+from plot import import_matplotlib, is_number, read_metrics, save, validation_metrics
 
-METRICS = ("train_loss", "val_loss", "val_acc")
+LOSSES = ("train_loss", "val_loss")  # the first columns: every task logs them
 # What may differ between repeats of one setting (the seed), or does not change the training.
 REPEAT_OPTIONS = ("seed", "output_dir", "logger", "log_every", "save_every_steps", "keep_last")
 REPEAT_OPTIONS += ("workers", "dist_timeout")
+PANELS_PER_ROW = 3  # the figure's panels wrap after this many
 
 
 def parse_args(argv=None):
@@ -68,37 +73,50 @@ def group_runs(run_dirs: list[str]) -> dict[str, list[str]]:
     return groups
 
 
-def final_metrics(records: list[dict]) -> dict[str, float]:
-    epochs = [record for record in records if record.get("kind") == "epoch"]
-    if not epochs:
-        return {}
-    return {name: epochs[-1][name] for name in METRICS if name in epochs[-1]}
+def epoch_records(run_dir: str) -> list[dict]:
+    """The epoch lines of a run's metrics.jsonl."""
+    return [record for record in read_metrics(run_dir) if record.get("kind") == "epoch"]
+
+
+def last_epochs(groups: dict[str, list[str]]) -> dict[str, list[dict]]:
+    """{label: the last epoch line of each run} ({} for a run that has not finished an epoch)."""
+    return {
+        label: [(epoch_records(run_dir) or [{}])[-1] for run_dir in run_dirs]
+        for label, run_dirs in groups.items()
+    }
+
+
+def metric_names(finals: list[dict]) -> list[str]:
+    """The metrics to compare, from the runs' last epoch lines: train_loss and val_loss, then the
+    validation metrics (plot.validation_metrics: every number named val_*, but the per-class ones
+    with a "/" in the name) in the order first seen."""
+    return [*LOSSES, *validation_metrics(finals)]
 
 
 def mean_and_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def summarize(groups: dict[str, list[str]]) -> list[dict]:
-    """One row per group: {"group", "runs", METRIC: (mean, std)} over the runs' last epochs."""
+def summarize(finals: dict[str, list[dict]], names: list[str]) -> list[dict]:
+    """One row per group: {"group", "runs", NAME: (mean, std)} over the last epoch lines (see
+    last_epochs) of its runs that have metric NAME; a metric none of them has is left out."""
     rows = []
-    for label, run_dirs in groups.items():
-        finals = [final_metrics(read_metrics(run_dir)) for run_dir in run_dirs]
-        row = {"group": label, "runs": len(run_dirs)}
-        for name in METRICS:
-            values = [final[name] for final in finals if name in final]
+    for label, records in finals.items():
+        row = {"group": label, "runs": len(records)}
+        for name in names:
+            values = [record[name] for record in records if is_number(record.get(name))]
             if values:
                 row[name] = mean_and_std(values)
         rows.append(row)
     return rows
 
 
-def format_table(rows: list[dict]) -> str:
-    header = ["group", "runs", *METRICS]
+def format_table(rows: list[dict], names: list[str]) -> str:
+    header = ["group", "runs", *names]
     lines = [header]
     for row in rows:
         cells = [row["group"], str(row["runs"])]
-        for name in METRICS:
+        for name in names:
             cells.append(f"{row[name][0]:.4f} ± {row[name][1]:.4f}" if name in row else "-")
         lines.append(cells)
     widths = [max(len(line[column]) for line in lines) for column in range(len(header))]
@@ -108,12 +126,13 @@ def format_table(rows: list[dict]) -> str:
     )
 
 
-def epoch_curves(run_dirs: list[str], name: str) -> tuple[list[int], list[float], list[float]]:
-    """(epochs, mean, std) of metric `name` over the runs, at the epochs every run has reached."""
-    per_run = []
-    for run_dir in run_dirs:
-        epochs = [r for r in read_metrics(run_dir) if r.get("kind") == "epoch" and name in r]
-        per_run.append({record["epoch"]: record[name] for record in epochs})
+def epoch_curves(runs: list[list[dict]], name: str) -> tuple[list[int], list[float], list[float]]:
+    """(epochs, mean, std) of metric `name` over the runs (each its epoch lines), at the epochs
+    every run has reached."""
+    per_run = [
+        {record["epoch"]: record[name] for record in records if is_number(record.get(name))}
+        for records in runs
+    ]
     common = sorted(set.intersection(*(set(values) for values in per_run)))
     statistics_per_epoch = [mean_and_std([run[epoch] for run in per_run]) for epoch in common]
     return (
@@ -123,16 +142,25 @@ def epoch_curves(run_dirs: list[str], name: str) -> tuple[list[int], list[float]
     )
 
 
-def plot_groups(groups: dict[str, list[str]], output: str):
-    """One panel per metric: each group's mean over its runs, with a ± one std band."""
+def plot_groups(groups: dict[str, list[str]], output: str, names: list[str] | None = None):
+    """One panel per metric (`names`; by default metric_names of the runs, like the table's
+    columns), in rows of PANELS_PER_ROW: each group's mean over its runs, with a ± one std band."""
+    if names is None:
+        names = metric_names([final for finals in last_epochs(groups).values() for final in finals])
+    runs = {label: [epoch_records(run_dir) for run_dir in dirs] for label, dirs in groups.items()}
     Figure, FigureCanvasAgg = import_matplotlib()
-    figure = Figure(figsize=(12, 4), layout="constrained")
+    columns = min(len(names), PANELS_PER_ROW)
+    rows = math.ceil(len(names) / columns)
+    figure = Figure(figsize=(4 * columns, 4 * rows), layout="constrained")
     FigureCanvasAgg(figure)
-    for axes, name in zip(figure.subplots(1, len(METRICS)), METRICS, strict=True):
-        for index, (label, run_dirs) in enumerate(groups.items()):
-            epochs, means, stds = epoch_curves(run_dirs, name)
+    panels = figure.subplots(rows, columns, squeeze=False).flatten()
+    for unused in panels[len(names) :]:
+        unused.remove()
+    for axes, name in zip(panels[: len(names)], names, strict=True):
+        for index, (label, records) in enumerate(runs.items()):
+            epochs, means, stds = epoch_curves(records, name)
             color = f"C{index % 10}"
-            axes.plot(epochs, means, "o-", color=color, ms=4, label=f"{label} (n={len(run_dirs)})")
+            axes.plot(epochs, means, "o-", color=color, ms=4, label=f"{label} (n={len(records)})")
             low = [mean - std for mean, std in zip(means, stds, strict=True)]
             high = [mean + std for mean, std in zip(means, stds, strict=True)]
             axes.fill_between(epochs, low, high, color=color, alpha=0.2)
@@ -147,10 +175,12 @@ def plot_groups(groups: dict[str, list[str]], output: str):
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     groups = group_runs(args.run_dirs)
-    rows = summarize(groups)
-    print(format_table(rows))
+    finals = last_epochs(groups)
+    names = metric_names([final for records in finals.values() for final in records])
+    rows = summarize(finals, names)
+    print(format_table(rows, names))
     if not args.no_figure:
-        plot_groups(groups, args.output)
+        plot_groups(groups, args.output, names)
         print(f"wrote {args.output}")
     return rows
 

@@ -12,6 +12,7 @@ train.py runs either way:
 
 import atexit
 import builtins
+import functools
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -34,10 +35,6 @@ class Context:
     rank: int = 0  # over all nodes; rank 0 prints, logs and saves
     local_rank: int = 0  # on this node; picks the GPU
     world_size: int = 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
 
 
 def setup(device: str = "auto", timeout_seconds: float = 600) -> Context:
@@ -98,6 +95,12 @@ def is_main_process() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
 
 
+def is_local_main_process() -> bool:
+    """The first process of this machine (LOCAL_RANK 0): the one that prepares what the
+    processes of a machine share, such as the image cache."""
+    return not dist.is_initialized() or int(os.environ.get("LOCAL_RANK", "0")) == 0
+
+
 def get_rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
 
@@ -119,6 +122,26 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def autocast_for(amp: bool, device: torch.device) -> functools.partial:
+    """torch.autocast for --amp: float16 on CUDA (with a GradScaler), bfloat16 on CPU."""
+    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    return functools.partial(torch.autocast, device.type, dtype, enabled=amp)
+
+
+def all_reduce_sums(sums: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Sum every tensor of `sums` over all processes, in one all_reduce of them laid end to end
+    (as float64: counts stay exact up to 2**53)."""
+    if not dist.is_initialized():
+        return sums
+    flat = torch.cat([value.reshape(-1).double() for value in sums.values()])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    parts = flat.split([value.numel() for value in sums.values()])
+    return {
+        name: part.reshape(value.shape).to(value.dtype)
+        for (name, value), part in zip(sums.items(), parts, strict=True)
+    }
+
+
 def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     """Average `tensor` over all processes, in place."""
     if dist.is_initialized():
@@ -134,6 +157,15 @@ def all_gather_object(value) -> list:
     gathered = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, value)
     return gathered
+
+
+def broadcast_buffers(model: torch.nn.Module) -> None:
+    """Every process takes rank 0's buffers (BatchNorm's running statistics): each process updated
+    its own in its last training step, and rank 0's are the ones a checkpoint saves. DDP itself
+    sends them from rank 0 only at the start of each training forward pass."""
+    if dist.is_initialized():
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
 
 
 def broadcast_object(value):

@@ -6,8 +6,9 @@
 
 ONNX needs onnx, onnxscript and onnxruntime (`pip install -e '.[export]'`).
 
-The exported model takes what dataset.Preprocess returns, a float batch of normalized images of
-any batch size, and returns logits. Beside it, PATH.json says how to make that batch (size,
+The exported model takes what pipeline.Preprocess returns, a float batch of normalized images of
+any batch size, and returns the task's output tensor (task.inference_model: logits for
+classification). Beside it, PATH.json says how to make that batch (size,
 channels, normalization) and names the classes. Every export is loaded back and compared with the
 checkpoint's model on a batch of another size before it is kept: until then the files have
 temporary names, and a failed export leaves nothing behind.
@@ -15,7 +16,6 @@ temporary names, and a failed export leaves nothing behind.
 
 import importlib
 import inspect
-import json
 import os
 import re
 import warnings
@@ -24,12 +24,14 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-import checkpoint
-from dataset import MEAN, STD, Preprocess
+import files
+import task
 from options import HelpFormatter, Parser, real
+from pipeline import MEAN, STD
 from predict import class_names, load_trained_model, one_line_errors
 
-FORMATS = {"torchscript": ".torchscript.pt", "exported": ".pt2", "onnx": ".onnx"}
+SUFFIXES = {"torchscript": ".torchscript.pt", "exported": ".pt2", "onnx": ".onnx"}
+FORMATS = {fmt: SUFFIXES[fmt] for fmt in task.EXPORT_FORMATS}  # the formats this task's models take
 # The largest absolute difference from the eager model's logits that passes (float32). Exporters
 # and runtimes may fold and reorder operations: an ONNX resnet50 with logits near 10 differs by
 # about 3e-4, and then --tolerance must be raised to keep it.
@@ -108,6 +110,7 @@ def export_checkpoint(path: str, fmt: str, output: str, tolerance: float = TOLER
     if fmt == "onnx":
         require_onnx_packages()
     model, state = load_trained_model(path)
+    model = task.inference_model(model)
     options = state["args"]
     metadata = describe(state, path, fmt)
     shape = options["in_channels"], options["image_size"]
@@ -137,6 +140,7 @@ def describe(state: dict, path: str, fmt: str) -> dict:
     """What a program that runs the exported model needs to know besides the file."""
     options = state["args"]
     channels, size = options["in_channels"], options["image_size"]
+    io = task.describe_io(options)
     return {
         "format": fmt,
         "model": options["model"],
@@ -150,13 +154,13 @@ def describe(state: dict, path: str, fmt: str) -> dict:
             "shape": ["batch", channels, size, size],
             "dtype": "float32",
             "image_mode": "L" if channels == 1 else "RGB",
-            "resize": f"shorter side to {size} pixels, then the centre {size}x{size}",
+            "resize": io["resize"],
             "scale": "uint8 pixel values / 255, to [0, 1]",
             "mean": [MEAN] * channels,
             "std": [STD] * channels,
             "normalize": "(scaled - mean) / std, per channel",
         },
-        "output": {"name": OUTPUT_NAME, "shape": ["batch", options["num_classes"]]},
+        "output": {"name": OUTPUT_NAME, "shape": io["output_shape"]},
     }
 
 
@@ -172,8 +176,7 @@ def export_verified(
     """Export eval-mode `model` to `path` (and `metadata` to PATH.json), load it back and
     compare it with `model` on a batch of another size; only then move the files into place.
     Return how it was exported and the largest absolute difference."""
-    temporary = temporary_name(path)
-    temporary_json = temporary_name(path + ".json")
+    temporary = files.temporary_name(path, keep_suffix=True)  # torch.export.save insists on .pt2
     try:
         traced = example_batch(TRACE_BATCH, in_channels, image_size)
         how = run_exporter(fmt, model, traced, temporary)
@@ -186,35 +189,18 @@ def export_verified(
                 "nothing written"
             )
         if metadata is not None:
-            with open(temporary_json, "w") as file:
-                json.dump({**metadata, "max_abs_difference": difference}, file, indent=2)
-            move_into_place(temporary_json, path + ".json")
+            files.write_json(path + ".json", {**metadata, "max_abs_difference": difference})
         # The model last: a model file always has its metadata beside it.
-        move_into_place(temporary, path)
+        files.replace(temporary, path)
     finally:
-        checkpoint.remove_quietly(temporary)
-        checkpoint.remove_quietly(temporary_json)
+        files.remove_quietly(temporary)
     return how, difference
 
 
-def temporary_name(path: str) -> str:
-    """A name beside `path` with the same suffix (torch.export.save insists on .pt2)."""
-    stem, suffix = os.path.splitext(path)
-    return f"{stem}.tmp-{os.getpid()}{suffix}"
-
-
-def move_into_place(temporary: str, path: str) -> None:
-    with open(temporary, "rb") as file:
-        os.fsync(file.fileno())
-    os.replace(temporary, path)
-    checkpoint.sync_directory(os.path.dirname(path))
-
-
 def example_batch(size: int, in_channels: int, image_size: int, seed: int = 0) -> torch.Tensor:
-    """A batch as the model sees one: random uint8 images through dataset.Preprocess."""
-    generator = torch.Generator().manual_seed(seed)
-    shape = (size, in_channels, image_size, image_size)
-    return Preprocess()(torch.randint(0, 256, shape, dtype=torch.uint8, generator=generator))
+    """A batch as the model sees one (task.example_input)."""
+    options = {"in_channels": in_channels, "image_size": image_size}
+    return task.example_input(options, size, seed)
 
 
 def run_exporter(fmt: str, model: nn.Module, batch: torch.Tensor, path: str) -> str:

@@ -1,9 +1,10 @@
 """Where a run's metrics go: OUTPUT_DIR/metrics.jsonl always, and the trackers named by --logger.
 
 train.py writes every record through one RunLog, which only rank 0 opens. A record is a dict with
-"kind" ("step" or "epoch"), "step" (the optimizer step) and numbers. RunLog is a stateful object of
-the checkpoint: a resumed run continues the same files and tracker runs, without duplicated or
-missing steps.
+"kind" ("step" or "epoch"), "step" (the optimizer step) and numbers, whichever metrics the task
+logs: metrics.jsonl gets all of it, the trackers each int and float but the epoch and the step
+(see numbers()). RunLog is a stateful object of the checkpoint: a resumed run continues the same
+files and tracker runs, without duplicated or missing steps.
 
 A tracker subclasses Tracker and is listed in TRACKERS under its --logger name:
 
@@ -22,7 +23,7 @@ import os
 import secrets
 import time
 
-from runs import read_json, write_json
+from files import read_json, write_json
 
 PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
 
@@ -74,8 +75,8 @@ class JsonLines(Tracker):
 
 
 class TensorBoard(Tracker):
-    """OUTPUT_DIR/tensorboard: every number of every record, as KIND/NAME against the step.
-    A resumed run purges the events written after its checkpoint."""
+    """OUTPUT_DIR/tensorboard: the numbers of every record (see numbers()), as KIND/NAME against
+    the step. A resumed run purges the events written after its checkpoint."""
 
     def __init__(self, output_dir: str, state: dict, params: dict):
         super().__init__(output_dir, state, params)
@@ -267,11 +268,21 @@ class RunLog:
         self.trackers = {}
 
 
+AXES = ("kind", "epoch", "step")  # which record, and where: not metrics
+
+
 def numbers(record: dict) -> dict[str, float]:
-    """The record's numbers as KIND/NAME: step/loss, epoch/val_acc (nested hook summaries and
-    counters such as the epoch are left to metrics.jsonl)."""
+    """What the trackers get of a record: each of its numbers, int or float, as KIND/NAME, such as
+    step/loss, epoch/val_loss, epoch/val_iou/3 (a per-class metric keeps its "/"). Left to
+    metrics.jsonl: the bookkeeping AXES (the step is each tracker's own x axis), bools (ints to
+    Python, but flags, not metrics), strings and nested dicts (the hook summaries). Ints arrive as
+    floats, the one type every tracker stores."""
     kind = record["kind"]
-    return {f"{kind}/{key}": value for key, value in record.items() if isinstance(value, float)}
+    return {
+        f"{kind}/{key}": float(value)
+        for key, value in record.items()
+        if key not in AXES and isinstance(value, int | float) and not isinstance(value, bool)
+    }
 
 
 def wandb_logged_in() -> bool:

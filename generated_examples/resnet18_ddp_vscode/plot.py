@@ -1,4 +1,5 @@
-"""Plot a run's metrics.jsonl: loss, validation accuracy and learning rate against the step.
+"""Plot a run's metrics.jsonl: losses, the validation metrics it logged and the learning rate
+against the step.
 
     python plot.py runs/RUN                          # writes runs/RUN/curves.png
     python plot.py runs/A runs/B                     # both runs in one figure: ./curves.png
@@ -6,9 +7,14 @@
                                                      # output mean and std over the steps
     python plot.py runs/RUN --output /tmp/c.png
 
-Epoch metrics (validation loss and accuracy, the epoch's mean training loss) are drawn at the step
-where their epoch ended. --activations draws at most --max-layers layers (12): the third whose std
-drifted most (a dying or exploding layer) and the rest evenly spaced; --layers picks by name.
+curves.png has three panels: the losses (the logged steps' loss, each epoch's mean training loss
+and its validation loss), the other validation metrics, and the learning rate. The metrics panel
+draws whatever the task logged, found in the epoch lines: every number named val_* but val_loss
+(val_acc for classification, val_miou and val_pixel_acc for segmentation, ...). Per-class metrics
+(names with a "/", such as val_iou/3) are left out: there can be dozens of them. Epoch metrics
+are drawn at the step where their epoch ended. --activations draws at most --max-layers layers
+(12): the third whose std drifted most (a dying or exploding layer) and the rest evenly spaced;
+--layers picks by name.
 
 Needs matplotlib (`pip install -e '.[plot]'`). Draws with the Agg backend into a file and never
 opens a window, so it works on a headless machine, and on a run still training.
@@ -21,6 +27,7 @@ import math
 import os
 
 MAX_LAYERS = 12  # --activations draws at most this many layers by default (see pick_layers)
+METRIC_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")  # one per validation metric, in turn
 
 
 def parse_args(argv=None):
@@ -107,15 +114,38 @@ def series(records: list[dict], kind: str, key: str) -> tuple[list, list]:
     return [r["step"] for r in chosen], [r[key] for r in chosen]
 
 
+def is_number(value) -> bool:
+    """An int or a float, but not a bool (to Python, True is the int 1; to a run, not a metric)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def validation_metrics(records: list[dict]) -> list[str]:
+    """The validation metrics of the epoch lines in `records`, in the order first seen: every
+    number named val_* except val_loss (a loss, drawn with the others) and the per-class metrics,
+    whose names hold a "/" (val_iou/3): one a class, too many for a plot."""
+    names: dict[str, None] = {}
+    for record in records:
+        if record.get("kind") != "epoch":
+            continue
+        for key, value in record.items():
+            if key.startswith("val_") and key != "val_loss" and "/" not in key:
+                if is_number(value):
+                    names[key] = None
+    return list(names)
+
+
 def plot_curves(runs: list[tuple[str, list[dict]]], output: str):
-    """Three panels sharing the step axis: losses, validation accuracy, learning rate; `runs` holds
-    (label, records) pairs. Saves the figure to `output` and returns it."""
+    """Three panels sharing the step axis: losses, the validation metrics that the runs logged
+    (validation_metrics), learning rate; `runs` holds (label, records) pairs. Each run has its
+    colour and each metric its marker; a single run's metrics have a colour each. Saves the figure
+    to `output` and returns it."""
     Figure, FigureCanvasAgg = import_matplotlib()
     figure = Figure(figsize=(10, 10), layout="constrained")
     FigureCanvasAgg(figure)
-    loss_axes, acc_axes, lr_axes = figure.subplots(3, 1, sharex=True)
+    loss_axes, metric_axes, lr_axes = figure.subplots(3, 1, sharex=True)
     several = len(runs) > 1
     colors = [f"C{index % 10}" for index in range(len(runs))]
+    metrics = validation_metrics([record for _, records in runs for record in records])
     for (name, records), color in zip(runs, colors, strict=True):
         prefix = f"{name}: " if several else ""
         steps, losses = series(records, "step", "loss")
@@ -129,9 +159,14 @@ def plot_curves(runs: list[tuple[str, list[dict]]], output: str):
         steps, losses = series(records, "epoch", "val_loss")
         if steps:
             loss_axes.plot(steps, losses, "s--", color=color, ms=4, label=f"{prefix}validation")
-        steps, accuracies = series(records, "epoch", "val_acc")
-        if steps:
-            acc_axes.plot(steps, accuracies, "o-", color=color, ms=4, label=name)
+        for index, metric in enumerate(metrics):
+            steps, values = series(records, "epoch", metric)
+            if steps:
+                marker = METRIC_MARKERS[index % len(METRIC_MARKERS)]
+                metric_color = color if several else f"C{index % 10}"
+                metric_axes.plot(
+                    steps, values, f"{marker}-", color=metric_color, ms=4, label=prefix + metric
+                )
         steps, rates = series(records, "step", "lr")
         if not steps:  # logged less often than once an epoch: the epoch lines' rate
             steps, rates = series(records, "epoch", "lr")
@@ -139,12 +174,13 @@ def plot_curves(runs: list[tuple[str, list[dict]]], output: str):
             lr_axes.plot(steps, rates, color=color, label=name)
 
     loss_axes.set_ylabel("loss")
-    acc_axes.set_ylabel("validation accuracy")
+    metric_axes.set_ylabel(metrics[0] if len(metrics) == 1 else "validation metrics")
     lr_axes.set_ylabel("learning rate")
     lr_axes.set_xlabel("step")
-    for axes in (loss_axes, acc_axes, lr_axes):
+    for axes in (loss_axes, metric_axes, lr_axes):
         axes.grid(alpha=0.3)
-        if axes.lines and (several or axes is loss_axes):
+        named = axes is loss_axes or (axes is metric_axes and len(metrics) > 1)
+        if axes.lines and (several or named):
             axes.legend(fontsize="small")
         elif not axes.lines:
             axes.text(0.5, 0.5, "nothing logged yet", ha="center", transform=axes.transAxes)

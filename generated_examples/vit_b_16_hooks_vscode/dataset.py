@@ -1,31 +1,21 @@
-"""Datasets, the image pipeline, the resumable sampler and the DataLoader.
+"""The classification datasets: --dataset NAME -> (training set, validation set).
 
-Images travel as uint8 tensors (channels, height, width) at --image-size and --in-channels:
-`image_transform` decodes and resizes one image at a time (in the DataLoader's workers), and
-`Preprocess` augments and normalizes a whole batch at a time on the training device. Preprocess
-is the one definition of what the model sees; train.py, predict.py and export.py all use it.
+A sample is (uint8 image (channels, height, width), class index); pipeline.py batches, augments and
+normalizes them on the device. DATASETS lists the names --dataset takes: `scaffold add dataset`
+adds its own lines there, and so can you.
 """
 
 import glob
 import hashlib
-import math
 import os
-import sys
 
 import torch
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset, Sampler, Subset, random_split
-from torchvision import datasets, transforms
-from torchvision.datasets.folder import IMG_EXTENSIONS
+from torch.utils.data import Dataset, Subset, random_split
+from torchvision import datasets
 
-from cache import CachedImages, CacheError, cached, whole_batch
-from runs import ignore_stop_signals
-
-MEAN, STD = 0.5, 0.5  # of every channel, for pixel values scaled to [0, 1]
-
-
-class DatasetError(Exception):
-    """A dataset that cannot be used as asked; the message says what to do."""
+import shapes
+from cache import CachedImages, CacheError, cached
+from pipeline import DatasetError, has_image_extension, image_checker, image_transform
 
 
 class InMemoryImages(Dataset):
@@ -53,57 +43,35 @@ class InMemoryImages(Dataset):
         return image, int(self.labels[index])
 
 
-def image_transform(native_channels: int | None, in_channels: int, image_size: int):
-    """PIL image -> uint8 tensor (in_channels, image_size, image_size): the short side resized,
-    the centre cropped, the channels converted. native_channels None: images are already so."""
-    steps = []
-    if native_channels is not None:
-        steps += [transforms.Resize(image_size), transforms.CenterCrop(image_size)]
-        if in_channels != native_channels:
-            steps.append(transforms.Grayscale(num_output_channels=in_channels))
-    steps.append(transforms.PILToTensor())
-    return transforms.Compose(steps)
+class SyntheticShapes(Dataset):
+    """`size` images of one shape each, its kind the label (shapes.py draws them): learnable,
+    unlike FakeData's random labels, and needs no files. Sample i always comes from seed + i."""
+
+    def __init__(self, size: int, num_classes: int, in_channels: int, image_size: int, seed: int):
+        self.size = size
+        self.num_classes = num_classes
+        self.image_size = image_size
+        self.seed = seed
+        self.colours = shapes.palette(num_classes, in_channels)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        generator = torch.Generator().manual_seed(self.seed + index)
+        label = int(torch.randint(self.num_classes, (), generator=generator))
+        image, _, _ = shapes.draw(
+            [label], self.image_size, len(self.colours[0]), self.colours, generator
+        )
+        return image, label
 
 
-class Preprocess:
-    """A batch of uint8 images on the training device -> what the model takes: random crops with
-    padding and horizontal flips when augmenting, floats normalized by MEAN and STD, and the
-    channels-last memory format when asked.
-
-    The random draws come from the device's default generator, whose state every checkpoint
-    holds, so a resumed run augments exactly as an uninterrupted one, whatever --workers.
-    Batches that are not uint8 (a dataset of your own that normalizes itself) pass unchanged.
-    """
-
-    def __init__(self, augment: bool = False, padding: int = 0, channels_last: bool = False):
-        self.augment = augment
-        self.padding = padding
-        self.channels_last = channels_last
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        if images.dtype != torch.uint8:
-            return images
-        if self.augment:
-            images = random_crop_and_flip(images, self.padding)
-        images = images.float().mul_(1 / (255 * STD)).sub_(MEAN / STD)
-        if self.channels_last and images.dim() == 4:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return images
-
-
-def random_crop_and_flip(images: torch.Tensor, padding: int) -> torch.Tensor:
-    """torchvision's RandomCrop(size, padding) then RandomHorizontalFlip, for a whole batch:
-    each image gets its own crop offset and coin flip, in a few batched operations."""
-    count, _, height, width = images.shape
-    device = images.device
-    padded = torch.nn.functional.pad(images, [padding] * 4).permute(0, 2, 3, 1)
-    offsets = torch.randint(0, 2 * padding + 1, (2, count, 1), device=device)
-    rows = offsets[0] + torch.arange(height, device=device)
-    columns = offsets[1] + torch.arange(width, device=device)
-    flipped = torch.rand(count, 1, device=device) < 0.5
-    columns = torch.where(flipped, columns.flip(1), columns)
-    batch = torch.arange(count, device=device)[:, None, None]
-    return padded[batch, rows[:, :, None], columns[:, None, :]].permute(0, 3, 1, 2)
+def synthetic_datasets(args, transform):
+    """Shapes drawn in code: --synthetic-size training images and a quarter as many to validate."""
+    shape = (args.num_classes, args.in_channels, args.image_size)
+    train = SyntheticShapes(args.synthetic_size, *shape, seed=args.seed)
+    val = SyntheticShapes(max(args.synthetic_size // 4, 1), *shape, seed=args.seed + 10**6)
+    return train, val
 
 
 def fake_datasets(args, transform):
@@ -168,33 +136,6 @@ def cached_folder(folder: datasets.ImageFolder, split: str, args) -> CachedImage
     return cached(folder, [path for path, _ in folder.samples], name, args)
 
 
-def has_image_extension(path: str) -> bool:
-    return path.lower().endswith(IMG_EXTENSIONS)
-
-
-def image_checker(skip_bad_images: bool):
-    """An ImageFolder `is_valid_file` that opens every image once, so a broken file is found
-    before training starts instead of hours into it."""
-
-    def is_valid_image(path: str) -> bool:
-        if not path.lower().endswith(IMG_EXTENSIONS):
-            return False
-        try:
-            with Image.open(path) as image:
-                image.verify()
-            return True
-        except (OSError, SyntaxError) as error:  # what PIL raises for unreadable files
-            if not skip_bad_images:
-                raise DatasetError(
-                    f"cannot read image {path} ({error}): fix or delete it, or pass "
-                    "--skip-bad-images"
-                ) from None
-            print(f"warning: skipping unreadable image {path}", file=sys.stderr)
-            return False
-
-    return is_valid_image
-
-
 def cifar10_datasets(args, transform):
     return torchvision_datasets(datasets.CIFAR10, "cifar-10-batches-py", args, transform)
 
@@ -224,16 +165,22 @@ def torchvision_datasets(dataset_class, folder, args, transform):
 
 
 # --dataset NAME -> builder(args, transform) -> (train_set, val_set); `transform` turns an image
-# into the uint8 tensor the model's batches are made of (image_transform).
+# into the uint8 tensor the model's batches are made of (pipeline.image_transform).
 CACHEABLE = ("folder", "cifar10", "mnist")  # the datasets --cache can keep decoded
 DATASETS = {
+    "synthetic": synthetic_datasets,
     "fake": fake_datasets,
     "folder": folder_datasets,
     "cifar10": cifar10_datasets,
     "mnist": mnist_datasets,
 }
+DATASETS_HELP = (
+    "synthetic (shapes drawn in code, one class per kind: learnable, no files), "
+    "fake (random images and labels), folder (DATA_DIR/CLASS/IMAGE, or DATA_DIR/train and "
+    "DATA_DIR/val so), cifar10 and mnist (torchvision's files in DATA_DIR)"
+)
 # Channels each dataset's images have before the transform converts them to --in-channels.
-NATIVE_CHANNELS = {"fake": None, "mnist": 1}
+NATIVE_CHANNELS = {"synthetic": None, "fake": None, "mnist": 1}
 
 
 def dataset_channels_problem(dataset: str, in_channels: int) -> str | None:
@@ -264,71 +211,3 @@ def class_names(dataset: Dataset) -> list[str] | None:
         dataset = dataset.dataset
     names = getattr(dataset, "classes", None)
     return [str(name) for name in names] if names is not None else None
-
-
-class ShardedSampler(Sampler[int]):
-    """One rank's share of the indices for one epoch, shuffled by (seed, epoch), from any position.
-
-    Unlike DistributedSampler it can start mid-epoch (exact resume), and with pad=False it shards
-    without repeating samples, so validation sums across ranks count every sample exactly once.
-    """
-
-    def __init__(self, length, shuffle, seed=0, rank=0, world_size=1, pad=True):
-        self.length = length
-        self.shuffle = shuffle
-        self.seed = seed
-        self.rank = rank
-        self.world_size = world_size
-        self.pad = pad
-        self.epoch = 0
-        self.skip = 0
-
-    def set_epoch(self, epoch: int, skip: int = 0) -> None:
-        """Start epoch `epoch`, leaving out the first `skip` samples of this rank's share."""
-        self.epoch = epoch
-        self.skip = skip
-
-    def indices(self) -> list[int]:
-        if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed + self.epoch)
-            order = torch.randperm(self.length, generator=generator).tolist()
-        else:
-            order = list(range(self.length))
-        if self.pad:
-            padded = math.ceil(self.length / self.world_size) * self.world_size
-            order += order[: padded - self.length]
-        return order[self.rank :: self.world_size][self.skip :]
-
-    def __iter__(self):
-        return iter(self.indices())
-
-    def __len__(self) -> int:
-        if self.pad:
-            share = math.ceil(self.length / self.world_size)
-        else:
-            share = len(range(self.rank, self.length, self.world_size))
-        return max(share - self.skip, 0)
-
-
-def is_cached(dataset: Dataset) -> bool:
-    return isinstance(dataset.dataset if isinstance(dataset, Subset) else dataset, CachedImages)
-
-
-def build_loader(dataset, sampler, batch_size, workers, pin_memory, seed):
-    if is_cached(dataset):
-        # A cached batch is read in tens of microseconds; handing it over from a worker process
-        # costs ten times that (measured: benchmarks/data_pipeline.py).
-        workers = 0
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        num_workers=workers,
-        pin_memory=pin_memory,
-        persistent_workers=workers > 0,
-        worker_init_fn=ignore_stop_signals,
-        collate_fn=whole_batch if is_cached(dataset) else None,
-        # Its own generator: otherwise each new iterator draws from the global RNG and a resumed
-        # run would see different random numbers than an uninterrupted one.
-        generator=torch.Generator().manual_seed(seed),
-    )

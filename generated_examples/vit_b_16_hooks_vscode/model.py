@@ -1,11 +1,11 @@
-"""Models: small custom networks and torchvision's, adapted to any class count and channel count."""
-
-import fnmatch
-import os
+"""Classification models: small custom networks and torchvision's, adapted to any class count and
+channel count. build_model() is what train.py, predict.py and export.py call."""
 
 import torch
 import torchvision
 from torch import nn
+
+from finetune import ModelError, pretrained_state_dict, replace_stem
 
 
 class LeNet(nn.Module):
@@ -107,12 +107,12 @@ def build_model(
     """Build model `name`; `weights` names torchvision pretrained weights from the hub cache."""
     if name in CUSTOM_MODELS:
         if weights:
-            raise ValueError(
+            raise ModelError(
                 f"--weights is for torchvision models; {name} has no pretrained weights"
             )
         return CUSTOM_MODELS[name](num_classes, in_channels, image_size)
     if name not in TORCHVISION_MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(MODEL_NAMES)}")
+        raise ModelError(f"unknown model {name!r}; choose one of: {', '.join(MODEL_NAMES)}")
     extra = {"image_size": image_size} if name.startswith("vit") else {}
     if weights:
         model = torchvision.models.get_model(name, **extra)
@@ -132,81 +132,8 @@ def build_model(
     return model
 
 
-def pretrained_state_dict(name: str, weights: str) -> dict[str, torch.Tensor]:
-    """Pretrained weights from the local torch hub cache; never downloads (see --download)."""
-    enum = torchvision.models.get_model_weights(name)
-    chosen = enum.DEFAULT if weights == "DEFAULT" else enum[weights]
-    path = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(chosen.url))
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"pretrained weights {name}.{chosen.name} are not in the hub cache: put the file at "
-            f"{path} (from {chosen.url}) or pass --download"
-        )
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def download_weights(name: str, weights: str) -> None:
-    """Fetch pretrained weights into the hub cache (the only code here that uses the network)."""
-    enum = torchvision.models.get_model_weights(name)
-    chosen = enum.DEFAULT if weights == "DEFAULT" else enum[weights]
-    chosen.get_state_dict(progress=True)
-
-
 def replace_head(model: nn.Module, name: str, num_classes: int) -> None:
     parent_name, _, attribute = HEADS[name].rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     old = getattr(parent, attribute)
     setattr(parent, attribute, nn.Linear(old.in_features, num_classes))
-
-
-def replace_stem(model: nn.Module, in_channels: int) -> None:
-    """Swap the first convolution for one that takes `in_channels` channels."""
-    parent, attribute, old = next(
-        (parent, attribute, child)
-        for parent in model.modules()
-        for attribute, child in parent.named_children()
-        if isinstance(child, nn.Conv2d)
-    )
-    setattr(
-        parent,
-        attribute,
-        nn.Conv2d(
-            in_channels,
-            old.out_channels,
-            kernel_size=old.kernel_size,
-            stride=old.stride,
-            padding=old.padding,
-            bias=old.bias is not None,
-        ),
-    )
-
-
-def freeze(model: nn.Module, spec: str, head: str) -> list[str]:
-    """Freeze parameters: "none", "backbone" (all but the `head` prefix) or name globs."""
-    if spec == "none":
-        return []
-    if spec == "backbone":
-        frozen = [n for n, _ in model.named_parameters() if not n.startswith(head + ".")]
-    else:
-        patterns = spec.split(",")
-        frozen = [
-            n for n, _ in model.named_parameters() if any(fnmatch.fnmatch(n, p) for p in patterns)
-        ]
-        if not frozen:
-            raise ValueError(f"--freeze {spec} matches no parameter name")
-    if len(frozen) == len(list(model.parameters())):
-        raise ValueError(f"--freeze {spec} freezes every parameter: nothing would train")
-    for name, parameter in model.named_parameters():
-        if name in frozen:
-            parameter.requires_grad_(False)
-    return frozen
-
-
-def set_train_mode(model: nn.Module) -> None:
-    """model.train(), but BatchNorm layers whose parameters are all frozen keep their statistics."""
-    model.train()
-    for module in model.modules():
-        parameters = list(module.parameters(recurse=False))
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and parameters:
-            if not any(p.requires_grad for p in parameters):
-                module.eval()

@@ -1,16 +1,15 @@
-"""Classify images with a checkpoint of train.py: `python predict.py --help` lists every option.
+"""Predict with a checkpoint of train.py: `python predict.py --help` lists every option.
 
-    python predict.py runs/RUN/best.pt photo.jpg holiday/ 'scans/*.png' --top-k 3 --output out.csv
+    python predict.py runs/RUN/best.pt photo.jpg holiday/ 'scans/*.png'
 
 The model is built from the checkpoint's own options and weights, and every image goes through
-the pipeline that validation uses (dataset.image_transform, then dataset.Preprocess on the device),
-so predictions match what train.py measured. Each image gets one line: its top-k classes, named as
-the checkpoint names them (a class index where it names none), with their probabilities.
+the pipeline that validation uses (task.input_transform, then pipeline.Preprocess on the
+device), so predictions match what train.py measured. What is written for each image is the
+task's (task.Predictions): one line each, with classes named as the checkpoint names them (a class
+index where it names none).
 """
 
-import csv
 import glob
-import json
 import os
 import sys
 from contextlib import contextmanager
@@ -23,21 +22,14 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 
 import checkpoint
 import distributed
-import train
-from dataset import (
-    DatasetError,
-    Preprocess,
-    build_loader,
-    has_image_extension,
-    image_transform,
-)
+import task
+from finetune import ModelError
 from model import build_model
 from options import HelpFormatter, Parser, count
+from pipeline import DatasetError, Preprocess, build_loader, has_image_extension
 
-OUTPUT_SUFFIXES = (".csv", ".json")
-DEFAULT_TOP_K = 5
 MODEL_OPTIONS = ("model", "num_classes", "in_channels", "image_size")  # what builds the model
-CSV_COLUMNS = ("path", "rank", "class", "index", "probability")
+EXPECTED_ERRORS = (checkpoint.CheckpointError, DatasetError, distributed.SetupError, OSError)
 
 
 @contextmanager
@@ -45,7 +37,7 @@ def one_line_errors(*more_errors: type[Exception]):
     """Expected failures end as train.py's do: `error: ...` on stderr, exit code 1, no traceback."""
     try:
         yield
-    except (*train.USER_ERRORS, *more_errors) as error:
+    except (*EXPECTED_ERRORS, *more_errors) as error:
         sys.exit(f"error: {error}")
 
 
@@ -59,12 +51,7 @@ def parse_args(argv=None):
     parser.add_argument(
         "paths", nargs="+", metavar="PATH", help="image files, folders (searched through) or globs"
     )
-    parser.add_argument(
-        "--top-k",
-        type=count(1),
-        help=f"classes per image (default: {DEFAULT_TOP_K}, or every class if fewer)",
-    )
-    parser.add_argument("--output", help="also write the predictions to FILE.csv or FILE.json")
+    task.add_predict_arguments(parser)
     parser.add_argument("--batch-size", type=count(1), default=64, help="images per batch")
     parser.add_argument("--workers", type=count(0), default=2, help="image-reading processes")
     parser.add_argument(
@@ -86,8 +73,9 @@ def options_problem(args) -> str | None:
     """What makes these options unable to work (checked before the checkpoint is read)."""
     if not os.path.isfile(args.checkpoint):
         return f"checkpoint {args.checkpoint}: no such file"
-    if args.output and not args.output.lower().endswith(OUTPUT_SUFFIXES):
-        return f"--output {args.output}: name a .csv or a .json file (the suffix picks the format)"
+    problem = task.predict_problem(args)
+    if problem:
+        return problem
     if args.output and not os.path.isdir(os.path.dirname(os.path.abspath(args.output))):
         return f"--output {args.output}: its folder does not exist"
     for path in args.paths:
@@ -133,7 +121,7 @@ def load_trained_model(path: str, device: torch.device | str = "cpu") -> tuple[n
         )
     try:
         model = build_model(*(state["args"][name] for name in MODEL_OPTIONS))
-    except (ValueError, AssertionError) as error:
+    except ModelError as error:
         raise checkpoint.CheckpointError(f"cannot build the model of {path}: {error}") from None
     checkpoint.load_weights(model, state, path)
     return model.to(device).eval(), state
@@ -160,31 +148,33 @@ def class_names(state: dict) -> list[str]:
 
 
 class ImageFiles(Dataset):
-    """Image files as validation reads them: (uint8 image, index, problem), where `problem` is ""
-    or why the file could not be read, so that an unreadable file is reported by name and not as
-    a DataLoader worker's traceback."""
+    """Image files as validation reads them: (uint8 image, index, (width, height), problem), where
+    the size is the file's own and `problem` is "" or why the file could not be read, so that an
+    unreadable file is reported by name and not as a DataLoader worker's traceback."""
 
     def __init__(self, paths: list[str], in_channels: int, image_size: int):
         self.paths = paths
         self.mode = "L" if in_channels == 1 else "RGB"
-        self.transform = image_transform(1 if in_channels == 1 else 3, in_channels, image_size)
+        self.transform = task.input_transform(in_channels, image_size)
         self.blank = torch.zeros(in_channels, image_size, image_size, dtype=torch.uint8)
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, str]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, torch.Tensor, str]:
         try:
             with Image.open(self.paths[index]) as image:
-                return self.transform(image.convert(self.mode)), index, ""
+                size = torch.tensor(image.size)
+                return self.transform(image.convert(self.mode)), index, size, ""
         except (OSError, SyntaxError, ValueError) as error:  # how PIL says a file is unreadable
-            return self.blank, index, str(error) or type(error).__name__
+            return self.blank, index, torch.zeros(2, dtype=torch.int64), str(error) or "unreadable"
 
 
 @torch.no_grad()
 def predict(args) -> list[dict]:
-    """Predict every image of `args.images`; print one line per image, and return
-    [{"path", "predictions": [{"class", "index", "probability"}, ...]}] (most likely first)."""
+    """Predict every image of `args.images`; print one line per image, and return the records
+    of task.Predictions (for classification: [{"path", "predictions": [...]}], most likely
+    class first)."""
     ctx = distributed.setup(args.device)
     model, state = load_trained_model(args.checkpoint, ctx.device)
     in_channels, image_size = state["args"]["in_channels"], state["args"]["image_size"]
@@ -192,25 +182,23 @@ def predict(args) -> list[dict]:
         raise checkpoint.CheckpointError(
             f"{args.checkpoint} takes {in_channels}-channel images; image files give 1 or 3"
         )
-    names = class_names(state)
-    top_k = min(args.top_k or DEFAULT_TOP_K, len(names))
+    predictions = task.Predictions(args, class_names(state))
     files = ImageFiles(args.images, in_channels, image_size)
     loader = build_loader(
         files, None, args.batch_size, args.workers, ctx.device.type == "cuda", seed=0
     )
-    preprocess, autocast = Preprocess(), train.autocast_for(args, ctx)
-    results, skipped = [], []
+    preprocess, autocast = Preprocess(), distributed.autocast_for(args.amp, ctx.device)
+    run = task.inference_model(model)
+    skipped = []
     try:
-        for images, indices, problems in loader:
+        for images, indices, sizes, problems in loader:
             readable = check_readable(args.images, indices, problems, args.skip_bad_images, skipped)
             if not readable.any():
                 continue
             with autocast():
-                logits = model(preprocess(images[readable].to(ctx.device, non_blocking=True)))
-            rows = zip(indices[readable].tolist(), top_classes(logits, top_k, names), strict=True)
-            for index, predictions in rows:
-                results.append({"path": args.images[index], "predictions": predictions})
-                print(format_line(results[-1]))
+                outputs = run(preprocess(images[readable].to(ctx.device, non_blocking=True)))
+            paths = [args.images[index] for index in indices[readable].tolist()]
+            predictions.add(paths, outputs, [tuple(size) for size in sizes[readable].tolist()])
     finally:
         # The worker processes end with the loader: now, also when an error stops the loop, and
         # not whenever the error's traceback (which holds this frame) is freed.
@@ -220,7 +208,7 @@ def predict(args) -> list[dict]:
             f"warning: skipped {len(skipped)} unreadable image(s): {', '.join(skipped)}",
             file=sys.stderr,
         )
-    return results
+    return predictions.close()
 
 
 def check_readable(paths, indices, problems, skip_bad_images: bool, skipped: list) -> torch.Tensor:
@@ -237,46 +225,12 @@ def check_readable(paths, indices, problems, skip_bad_images: bool, skipped: lis
     return torch.tensor([not problem for problem in problems])
 
 
-def top_classes(logits: torch.Tensor, top_k: int, names: list[str]) -> list[list[dict]]:
-    """Per image, the `top_k` most likely classes with their probabilities, most likely first."""
-    top = logits.float().softmax(dim=1).topk(top_k, dim=1)
-    return [
-        [
-            {"class": names[label], "index": label, "probability": probability}
-            for label, probability in zip(labels, probabilities, strict=True)
-        ]
-        for labels, probabilities in zip(top.indices.tolist(), top.values.tolist(), strict=True)
-    ]
-
-
-def format_line(result: dict) -> str:
-    classes = ", ".join(f"{p['class']} {p['probability']:.4f}" for p in result["predictions"])
-    return f"{result['path']}: {classes}"
-
-
-def write_predictions(path: str, results: list[dict]) -> None:
-    """JSON: the results as predict() returns them. CSV: one row per image and rank."""
-    with open(path, "w", newline="") as file:
-        if path.lower().endswith(".json"):
-            json.dump(results, file, indent=2)
-            return
-        writer = csv.writer(file)
-        writer.writerow(CSV_COLUMNS)
-        for result in results:
-            for rank, prediction in enumerate(result["predictions"], start=1):
-                row = (prediction["class"], prediction["index"], prediction["probability"])
-                writer.writerow((result["path"], rank, *row))
-
-
 def main(argv=None) -> list[dict]:
-    """Parse, predict, write --output. Bad options exit 2, other failures 1: one line each."""
+    """Parse, predict, write what the task writes. Bad options exit 2, other failures 1: one
+    line each."""
     args = parse_args(argv)
     with one_line_errors():
-        results = predict(args)
-        if args.output:
-            write_predictions(args.output, results)
-            print(f"wrote {len(results)} predictions to {args.output}")
-    return results
+        return predict(args)
 
 
 if __name__ == "__main__":

@@ -25,23 +25,21 @@ from tqdm import tqdm
 
 import checkpoint
 import distributed
+import records
 import runs
-from dataset import (
-    DatasetError,
-    Preprocess,
-    ShardedSampler,
-    build_datasets,
-    build_loader,
-    class_names,
-)
-from hooks import HookSet
+import signals
+import task
+from dataset import build_datasets, class_names
+from finetune import ModelError, download_weights, freeze, set_train_mode
+from hooks import HookError, HookSet
 from loggers import RunLog
-from model import HEADS, build_model, download_weights, freeze, set_train_mode
+from model import HEADS, build_model
 from options import parse_args, parse_list
+from pipeline import DatasetError, Preprocess, ShardedSampler, build_loader
 from summary import count_parameters, format_short, format_summary, summarize
 
 PROJECT_NAME = "vit_b_16_hooks_vscode"
-TEMPLATE_VERSION = "0.2.0"
+TEMPLATE_VERSION = "0.3.0"
 
 
 class ConfigError(Exception):
@@ -70,14 +68,14 @@ def main(argv=None) -> dict:
         if args.eval_only:
             return evaluate_checkpoint(args, ctx)
         # From here on SIGINT and SIGTERM only ask training to stop after a step and save.
-        with runs.StopSignals() as stop:
+        with signals.StopSignals() as stop:
             return fit(args, ctx, stop)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     except USER_ERRORS as error:
         sys.exit(f"error: {error}")
-    except runs.Stopped as stop:
+    except signals.Stopped as stop:
         print(stop, file=sys.stderr)
         sys.exit(128 + stop.number)
     except KeyboardInterrupt:  # Ctrl-C outside training: nothing to save
@@ -95,7 +93,7 @@ class Progress:
     epoch: int = 0  # epochs completed
     step: int = 0  # optimizer steps taken
     step_in_epoch: int = 0  # optimizer steps taken in the current epoch
-    best_acc: float = -1.0
+    best: float | None = None  # the best task.BEST_METRIC so far
 
     def state_dict(self) -> dict:
         """Collective under torchrun: the saved loss sum is the average of every process's."""
@@ -104,19 +102,27 @@ class Progress:
             "epoch": self.epoch,
             "step": self.step,
             "step_in_epoch": self.step_in_epoch,
-            "best_acc": self.best_acc,
+            "best": self.best,
             "loss_sum": loss_sum,
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.step = state["epoch"], state["step"]
-        self.step_in_epoch, self.best_acc = state["step_in_epoch"], state["best_acc"]
+        self.step_in_epoch, self.best = state["step_in_epoch"], state.get("best")
         self.loss_sum.fill_(state["loss_sum"])
 
     def train_loss(self, micro_batches_per_step: int) -> float:
         """This epoch's mean training loss so far (a collective under torchrun)."""
         loss_sum = distributed.all_reduce_mean(self.loss_sum.clone()).item()
         return loss_sum / max(self.step_in_epoch * micro_batches_per_step, 1)
+
+    def improves(self, value: float) -> bool:
+        """Whether `value` of task.BEST_METRIC beats the best so far (and becomes it)."""
+        better = max if task.BEST_MODE == "max" else min
+        improved = self.best is None or better(value, self.best) != self.best
+        if improved:
+            self.best = value
+        return improved
 
     def end_epoch(self) -> None:
         self.epoch, self.step_in_epoch = self.epoch + 1, 0
@@ -137,13 +143,12 @@ class Loop:
     total_steps: int
     log: RunLog
     checkpointer: checkpoint.Checkpointer
-    stop: runs.StopSignals
+    stop: signals.StopSignals
     hooks: HookSet
 
 
 def train_one_epoch(model: nn.Module, progress: Progress, loop: Loop, args) -> None:
     """Optimizer steps until the epoch ends, --max-steps is reached or a signal asks to stop."""
-    criterion = nn.CrossEntropyLoss()
     device = progress.loss_sum.device
     accumulate = args.grad_accum_steps
     batches = iter(loop.loader)
@@ -161,13 +166,11 @@ def train_one_epoch(model: nn.Module, progress: Progress, loop: Loop, args) -> N
             logged = is_logged(progress.step + 1, args.log_every, loop.total_steps)
             loop.hooks.start_step(progress.step + 1, record=logged)
             for micro_step in range(accumulate):
-                images, labels = next(batches)
-                images = loop.preprocess(images.to(device, non_blocking=True))
-                labels = labels.to(device, non_blocking=True)
+                batch = task.prepare(next(batches), device, loop.preprocess)
                 # Under DDP, gradients are averaged once per optimizer step, not every micro-batch.
                 with no_sync(model, micro_step < accumulate - 1):
                     with loop.autocast():
-                        loss = criterion(model(images), labels)
+                        loss, parts = task.loss(model, batch)
                     loop.scaler.scale(loss / accumulate if accumulate > 1 else loss).backward()
                 progress.loss_sum += loss.detach()
             if args.clip_grad_norm:
@@ -185,13 +188,15 @@ def train_one_epoch(model: nn.Module, progress: Progress, loop: Loop, args) -> N
 
             if logged:
                 # The one host-device sync of a logged step; un-logged steps have none.
-                step_loss = distributed.all_reduce_mean(loss.detach().clone()).item()
+                losses = {"loss": loss, **{f"loss_{name}": part for name, part in parts.items()}}
+                step_losses = step_means(losses)
+                step_loss = step_losses["loss"]
                 if not math.isfinite(step_loss):
                     raise FloatingPointError(
                         f"loss is {step_loss} at step {progress.step}: lower --lr"
                     )
                 record = {"kind": "step", "epoch": progress.epoch, "step": progress.step}
-                record |= {"loss": step_loss, "lr": lr}
+                record |= {**step_losses, "lr": lr}
                 if hook_summary:
                     record["hooks"] = hook_summary
                 loop.log.write(record)
@@ -200,6 +205,12 @@ def train_one_epoch(model: nn.Module, progress: Progress, loop: Loop, args) -> N
                 loop.checkpointer.save(f"step_{progress.step:08d}.pt", aliases=(checkpoint.LAST,))
             if loop.stop.agreed():
                 break
+
+
+def step_means(losses: dict[str, torch.Tensor]) -> dict[str, float]:
+    """The step's losses, averaged over processes, as numbers (one sync for all of them)."""
+    values = torch.stack([value.detach().float() for value in losses.values()])
+    return dict(zip(losses, distributed.all_reduce_mean(values).tolist(), strict=True))
 
 
 def is_logged(step: int, log_every: int, last_step: int) -> bool:
@@ -216,25 +227,21 @@ def no_sync(model: nn.Module, skip_gradient_sync: bool):
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, preprocess: Preprocess, autocast) -> dict:
-    """Loss and top-1 accuracy over the whole validation set, exact across processes: each
-    process validates its own unpadded shard, and the sums are added up."""
+    """The task's validation metrics over the whole validation set, exact across processes: each
+    process validates its own unpadded shard, and the sums are added up in one all_reduce."""
     model.eval()
     device = next(model.parameters()).device
-    totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
-    for images, labels in loader:
-        images = preprocess(images.to(device, non_blocking=True))
-        labels = labels.to(device, non_blocking=True)
+    totals: dict[str, torch.Tensor] = {}
+    for batch in loader:
+        batch = task.prepare(batch, device, preprocess)
         with autocast():
-            logits = model(images)
-        totals[0] += nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
-        totals[1] += (logits.argmax(dim=1) == labels).sum()
-        totals[2] += labels.numel()
-    distributed.all_reduce_sum(totals)
-    loss_sum, correct, count = totals.tolist()
-    return {"val_loss": loss_sum / max(count, 1), "val_acc": correct / max(count, 1)}
+            sums = task.validation_sums(model, batch)
+        for name, value in sums.items():
+            totals[name] = totals.get(name, 0) + value.double()
+    return task.metrics(distributed.all_reduce_sums(totals))
 
 
-def fit(args, ctx: distributed.Context, stop: runs.StopSignals) -> dict:
+def fit(args, ctx: distributed.Context, stop: signals.StopSignals) -> dict:
     """Train as `args` say, resuming when asked, until the end or until `stop` says so; return
     the last epoch's metrics."""
     model = make_model(args, ctx)
@@ -246,7 +253,7 @@ def fit(args, ctx: distributed.Context, stop: runs.StopSignals) -> dict:
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=args.amp and ctx.device.type == "cuda")
     progress = Progress(torch.zeros((), dtype=torch.float64, device=ctx.device))
     params = {"project": PROJECT_NAME, "args": vars(args)}
-    log = RunLog(output_dir, parse_list(args.logger), params, enabled=ctx.is_main)
+    log = RunLog(output_dir, parse_list(args.logger), params, enabled=distributed.is_main_process())
     checkpointer = checkpoint.Checkpointer(
         output_dir,
         {
@@ -260,7 +267,7 @@ def fit(args, ctx: distributed.Context, stop: runs.StopSignals) -> dict:
         {"args": vars(args), "template_version": TEMPLATE_VERSION, "class_names": data.classes},
         args.keep_last,
     )
-    autocast = autocast_for(args, ctx)
+    autocast = distributed.autocast_for(args.amp, ctx.device)
     loop = Loop(
         loader=data.train_loader,
         preprocess=Preprocess(args.augment, args.image_size // 8, args.channels_last),
@@ -273,14 +280,12 @@ def fit(args, ctx: distributed.Context, stop: runs.StopSignals) -> dict:
         log=log,
         checkpointer=checkpointer,
         stop=stop,
-        hooks=checked(
-            HookSet, args.hooks, model, args.hook_modules, output_dir, args.hook_save_steps
-        ),
+        hooks=build_hooks(model, output_dir, args),
     )
     resumed = resume_from(args, output_dir, checkpointer)
     # Everything that could refuse the options or the checkpoint has run: now write.
     runs.prepare_output_dir(output_dir, args)
-    runs.record_invocation(output_dir, args, ctx, TEMPLATE_VERSION, resumed)
+    records.record_invocation(output_dir, args, ctx, TEMPLATE_VERSION, resumed)
     val_preprocess = Preprocess(channels_last=args.channels_last)
     log.open()
     train_model = wrap_for_training(model, ctx, args)
@@ -293,17 +298,14 @@ def fit(args, ctx: distributed.Context, stop: runs.StopSignals) -> dict:
             signal_number = loop.stop.agreed()
             if signal_number:
                 path = checkpointer.save(checkpoint.LAST)
-                raise runs.Stopped(
+                raise signals.Stopped(
                     signal_number,
-                    f"stopped by {runs.signal_name(signal_number)} at step {progress.step}: "
+                    f"stopped by {signals.signal_name(signal_number)} at step {progress.step}: "
                     f"saved {path}; continue with --resume auto",
                 )
             metrics = end_of_epoch(model, progress, loop, data.val_loader, val_preprocess, args)
-            print(
-                f"epoch {metrics['epoch']}: train_loss {metrics['train_loss']:.4f} val_loss "
-                f"{metrics['val_loss']:.4f} val_acc {metrics['val_acc']:.4f} "
-                f"({time.perf_counter() - start:.1f}s)"
-            )
+            shown = " ".join(f"{name} {metrics[name]:.4f}" for name in ("train_loss", *task.SHOWN))
+            print(f"epoch {metrics['epoch']}: {shown} ({time.perf_counter() - start:.1f}s)")
     except BaseException:
         log.close()
         raise
@@ -315,11 +317,12 @@ def end_of_epoch(model, progress: Progress, loop: Loop, val_loader, preprocess, 
     """Validate, log the epoch's line, save last.pt (and best.pt); also at --max-steps."""
     metrics = {"kind": "epoch", "epoch": progress.epoch + 1, "step": progress.step}
     metrics["train_loss"] = progress.train_loss(args.grad_accum_steps)
+    # Validate what last.pt will hold, on every process alike.
+    distributed.broadcast_buffers(model)
     metrics.update(evaluate(model, val_loader, preprocess, loop.autocast))
     metrics["lr"] = loop.optimizer.param_groups[0]["lr"]
     loop.log.write(metrics)
-    improved = metrics["val_acc"] > progress.best_acc
-    progress.best_acc = max(progress.best_acc, metrics["val_acc"])
+    improved = progress.improves(metrics[task.BEST_METRIC])
     if progress.step_in_epoch == loop.steps_per_epoch:
         progress.end_epoch()
     loop.checkpointer.save(checkpoint.LAST, aliases=(checkpoint.BEST,) if improved else ())
@@ -343,7 +346,8 @@ def evaluate_checkpoint(args, ctx: distributed.Context) -> dict:
         print(f"evaluating {path}")
     data = build_data(args, ctx)
     preprocess = Preprocess(channels_last=args.channels_last)
-    metrics = evaluate(model, data.val_loader, preprocess, autocast_for(args, ctx))
+    autocast = distributed.autocast_for(args.amp, ctx.device)
+    metrics = evaluate(model, data.val_loader, preprocess, autocast)
     print(json.dumps(metrics))
     return metrics
 
@@ -351,8 +355,12 @@ def evaluate_checkpoint(args, ctx: distributed.Context) -> dict:
 def show_summary(args) -> dict:
     """--summary: every layer's output shape and parameters, then the totals."""
     model = make_model(args, distributed.Context(torch.device("cpu")))
-    shape = (1, args.in_channels, args.image_size, args.image_size)
-    print(format_summary(checked(summarize, model, shape), args.model))
+    example = task.example_input(vars(args), batch_size=1)
+    try:
+        summary = summarize(model, tuple(example.shape))
+    except ValueError as error:  # summarize's own one-line account of a failed forward pass
+        raise ConfigError(str(error)) from None
+    print(format_summary(summary, args.model))
     totals = count_parameters(model)
     return {"params": totals.params, "trainable": totals.trainable, "frozen": totals.frozen}
 
@@ -377,10 +385,13 @@ def make_model(args, ctx: distributed.Context) -> nn.Module:
         download_weights(args.model, args.weights)
     if args.backbone_lr_mult == 0:
         args.freeze = "backbone"
-    model = checked(
-        build_model, args.model, args.num_classes, args.in_channels, args.image_size, args.weights
-    )
-    frozen = checked(freeze, model, args.freeze, HEADS.get(args.model, ""))
+    try:
+        model = build_model(
+            args.model, args.num_classes, args.in_channels, args.image_size, args.weights
+        )
+        frozen = freeze(model, args.freeze, HEADS.get(args.model, ""))
+    except ModelError as error:
+        raise ConfigError(str(error)) from None
     if args.init_from:
         print(checkpoint.init_from(model, args.init_from, args.model))
     if frozen:
@@ -395,12 +406,6 @@ def make_model(args, ctx: distributed.Context) -> nn.Module:
     random.seed(args.seed + ctx.rank)
     torch.manual_seed(args.seed + ctx.rank)
     return model
-
-
-def autocast_for(args, ctx: distributed.Context) -> functools.partial:
-    """torch.autocast for --amp: float16 on CUDA (with a GradScaler), bfloat16 on CPU."""
-    dtype = torch.float16 if ctx.device.type == "cuda" else torch.bfloat16
-    return functools.partial(torch.autocast, ctx.device.type, dtype, enabled=args.amp)
 
 
 def wrap_for_training(model: nn.Module, ctx: distributed.Context, args) -> nn.Module:
@@ -522,13 +527,12 @@ def build_scheduler(optimizer, args, steps_per_epoch: int, total_steps: int):
     return Schedule(optimizer, factor)
 
 
-def checked(build, *arguments):
-    """build(*arguments), where a ValueError (or an AssertionError from torchvision's size checks)
-    means the options cannot work: one line naming the problem, not a traceback."""
+def build_hooks(model: nn.Module, output_dir: str, args) -> HookSet:
+    """The hooks of --hooks on the plain model; options they cannot take are a ConfigError."""
     try:
-        return build(*arguments)
-    except (ValueError, AssertionError, FileNotFoundError) as error:
-        raise ConfigError(str(error) or f"{build.__name__} cannot take these options") from None
+        return HookSet(args.hooks, model, args.hook_modules, output_dir, args.hook_save_steps)
+    except HookError as error:
+        raise ConfigError(str(error)) from None
 
 
 if __name__ == "__main__":

@@ -1,4 +1,6 @@
-"""Helpers for this project's tests: tiny training runs on FakeData, in this process or another."""
+"""Helpers for this project's tests: tiny training runs, in this process or another; and the one
+place the tests learn this project's task from: the models and data of their runs, and the metric
+that chooses best.pt."""
 
 import json
 import os
@@ -7,18 +9,49 @@ import sys
 
 import pytest
 import torch
+from torch import nn
 
+import task
 import train
+from model import build_model
 
 MODEL = "lenet"
 PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+SMALL_MODEL = "lenet"  # the quickest to train: the tiny runs that need no particular model
+TORCHVISION_MODEL = "resnet18"  # the quickest of torchvision's (pretrained weights, heads)
+OTHER_MODEL = "mlp"  # not SMALL_MODEL: checkpoints of another model are refused
+DATASET, SIZE_OPTION = "fake", "--fake-size"  # no files; a quarter as many to validate
+# A model whose --image-size must be a multiple of a number, and a size that is none.
+SIZE_MULTIPLE_MODEL, NOT_A_MULTIPLE = "vit_b_16", 40
+BEST_METRIC = task.BEST_METRIC  # the validation metric that chooses best.pt
+
+
+def data_args(size: int) -> list[str]:
+    """Options for `size` training samples drawn in code (and size // 4 to validate)."""
+    return [f"--dataset={DATASET}", f"{SIZE_OPTION}={size}"]
+
+
+def batch_norm_layers(model_name: str) -> tuple[str, ...]:
+    """The names of the BatchNorm layers of `model_name`."""
+    model = build_model(model_name, 10, 3, 32)
+    norms = nn.modules.batchnorm._BatchNorm
+    return tuple(name for name, module in model.named_modules() if isinstance(module, norms))
+
+
+# SMALL_MODEL, each sample's gradient independent of the others in its batch: its BatchNorm layers
+# (if any) frozen, so that they normalize with their running statistics (finetune.set_train_mode),
+# not the batch's. 2 micro-batches or 2 processes of 4 samples then train exactly like 8 at once.
+NORM_LAYERS = batch_norm_layers(SMALL_MODEL)
+PER_SAMPLE = [f"--model={SMALL_MODEL}"]
+if NORM_LAYERS:
+    PER_SAMPLE.append("--freeze=" + ",".join(f"{name}.*" for name in NORM_LAYERS))
 
 
 def tiny_args(output_dir, *extra: str) -> list[str]:
     """Arguments for a run of a few steps of 8 images; later options override earlier ones."""
     return [
-        "--dataset=fake",
-        "--fake-size=32",
+        *data_args(32),
         "--batch-size=8",
         "--workers=0",
         "--epochs=1",
@@ -78,13 +111,17 @@ def assert_same_weights(path_a, path_b) -> None:
 
 
 def watch_forward(monkeypatch) -> list:
-    """Record (input, output) of every forward pass of the model a run builds."""
+    """Record (input, output) of every forward pass of the model a run builds; the output as one
+    tensor (torchvision's segmentation models return {"out": tensor, ...})."""
     seen = []
     build = train.build_model
 
+    def record(module, inputs, output):
+        seen.append((inputs[0], output["out"] if isinstance(output, dict) else output))
+
     def build_and_watch(*args, **kwargs):
         model = build(*args, **kwargs)
-        model.register_forward_hook(lambda module, inputs, output: seen.append((inputs[0], output)))
+        model.register_forward_hook(record)
         return model
 
     monkeypatch.setattr(train, "build_model", build_and_watch)

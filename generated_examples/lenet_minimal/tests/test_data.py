@@ -5,7 +5,7 @@ import torch
 from conftest import run_train
 from PIL import Image
 
-from dataset import ShardedSampler
+from pipeline import ShardedSampler
 
 
 def write_image_folder(root, classes=("cat", "dog"), per_class=4) -> None:

@@ -6,7 +6,8 @@ from conftest import run_train
 from torch import nn
 
 import train
-from model import HEADS, MODEL_NAMES, LeNet, build_model, freeze
+from finetune import freeze
+from model import HEADS, MODEL_NAMES, LeNet, build_model
 from summary import count_parameters, format_summary, outputs_text, summarize
 
 DEFAULTS = train.parse_args([])

@@ -147,3 +147,19 @@ def test_cache_is_for_datasets_read_from_files(tmp_path, capsys):
     code, err = train_fails(capsys, "--dataset=fake", "--cache", f"--output-dir={tmp_path}")
     assert code == 2
     assert err.startswith("error: --cache is for the datasets read from files (folder, cifar10")
+
+
+def test_one_process_builds_the_image_cache_while_the_other_waits(tmp_path):
+    """Two processes under torchrun (scripts/train_ddp.sh): rank 0 builds the cache once."""
+    from test_ddp import run_ddp
+
+    write_image_folder(tmp_path / "data", per_class=10)
+    options = [f"--output-dir={tmp_path / 'run'}", "--dataset=folder", "--num-classes=2"]
+    options += [f"--data-dir={tmp_path / 'data'}", "--cache"]
+    result = run_ddp(tmp_path, *options)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert result.stdout.count("yet: building it") == 1, result.stdout[-3000:]
+    assert result.stdout.count("cached 20 images in") == 1
+    assert len(list((tmp_path / "data-cache").glob("*.u8"))) == 1
+    state = checkpoint.load_checkpoint(tmp_path / "run" / "last.pt")
+    assert len(state["rng_per_rank"]) == 2 and state["class_names"] == ["cat", "dog"]

@@ -1,17 +1,18 @@
-"""--logger: TensorBoard, MLflow and W&B get what metrics.jsonl gets, and a resumed run continues
-the same tracker run without duplicated or missing steps."""
+"""--logger: TensorBoard, MLflow and W&B get the numbers metrics.jsonl gets, whichever metrics the
+task logs, and a resumed run continues the same tracker run without duplicated or missing steps."""
 
 import importlib.util
 import json
 import os
 
 import pytest
-from conftest import read_metrics, run_train, tiny_args, train_fails
+from conftest import BEST_METRIC, SMALL_MODEL, read_metrics, run_train, tiny_args, train_fails
 
+import loggers
 import train
 
 # Two epochs of four steps, a checkpoint every three; every step logged.
-RUN = ["--model=lenet", "--epochs=2", "--save-every-steps=3", "--deterministic"]
+RUN = [f"--model={SMALL_MODEL}", "--epochs=2", "--save-every-steps=3", "--deterministic"]
 
 
 class Crash(Exception):
@@ -69,7 +70,7 @@ def test_mlflow_gets_the_options_and_every_logged_number(tmp_path, mlflow_client
     assert run.info.status == "FINISHED" and run.info.run_name == "run"
     assert run.data.tags["checkpoint"] == str(output_dir / "last.pt")
     records = read_metrics(output_dir)
-    for kind, key in [("step", "loss"), ("step", "lr"), ("epoch", "val_acc"), ("epoch", "lr")]:
+    for kind, key in [("step", "loss"), ("step", "lr"), ("epoch", BEST_METRIC), ("epoch", "lr")]:
         assert mlflow_history(client, run_id, f"{kind}/{key}") == logged(records, kind, key)
 
 
@@ -107,7 +108,8 @@ def test_tensorboard_events_hold_each_step_once_after_a_resume(tmp_path, monkeyp
     interrupted_then_resumed(tmp_path, monkeypatch, "--logger=tensorboard")
     records = read_metrics(tmp_path)
     assert tensorboard_scalars(tmp_path, "step/loss") == logged(records, "step", "loss")
-    assert tensorboard_scalars(tmp_path, "epoch/val_acc") == logged(records, "epoch", "val_acc")
+    best = tensorboard_scalars(tmp_path, f"epoch/{BEST_METRIC}")
+    assert best == logged(records, "epoch", BEST_METRIC)
 
 
 def test_wandb_runs_offline_and_a_resumed_run_keeps_its_id(tmp_path, monkeypatch):
@@ -138,3 +140,74 @@ def test_a_tracker_that_is_not_installed_is_one_line(tmp_path, capsys, monkeypat
     assert code == 2
     assert err.startswith("error: --logger mlflow needs the mlflow package: pip install mlflow")
     assert not os.path.exists(tmp_path / "run")
+
+
+# ---- What the trackers get of a record: loggers.numbers ----------------------------------------
+
+# A segmentation-like epoch line with an int metric, a flag, a string, a nested dict and a null.
+EPOCH = {"kind": "epoch", "epoch": 3, "step": 120, "train_loss": 0.5, "val_loss": 0.6}
+EPOCH |= {"val_miou": 0.4, "val_iou/road": 0.7, "val_iou/car": 0, "val_boxes": 17, "lr": 0.01}
+EPOCH |= {"improved": True, "best_metric": "val_miou", "hooks": {"a": 1.0}, "val_f1": None}
+EPOCH_NUMBERS = {
+    "epoch/train_loss": 0.5,
+    "epoch/val_loss": 0.6,
+    "epoch/val_miou": 0.4,
+    "epoch/val_iou/road": 0.7,
+    "epoch/val_iou/car": 0.0,
+    "epoch/val_boxes": 17.0,
+    "epoch/lr": 0.01,
+}
+STEP = {"kind": "step", "epoch": 2, "step": 100, "loss": 1.5, "loss_classifier": 1.0, "lr": 0.1}
+STEP |= {"tokens": 4096, "hooks": {"activations": {"conv1": {"mean": 0.1, "std": 1.0}}}}
+STEP_NUMBERS = {"step/loss": 1.5, "step/loss_classifier": 1.0, "step/lr": 0.1, "step/tokens": 4096}
+
+
+def test_trackers_get_every_int_and_float_but_the_axes_flags_and_hook_summaries():
+    numbers = loggers.numbers(EPOCH)
+    assert numbers == EPOCH_NUMBERS
+    assert all(type(value) is float for value in numbers.values()), "ints arrive as floats"
+    assert loggers.numbers(STEP) == STEP_NUMBERS
+    assert loggers.numbers({"kind": "epoch", "epoch": 1, "step": 0}) == {}
+
+
+def test_tensorboard_gets_an_int_metric_and_not_the_step_epoch_or_flags(tmp_path):
+    pytest.importorskip("tensorboard", reason="needs tensorboard: pip install -e .[tensorboard]")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tracker = loggers.TensorBoard(str(tmp_path), {}, {"project": "p", "args": {}})
+    tracker.write(STEP)
+    tracker.write(EPOCH)
+    tracker.close()
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert sorted(events.Tags()["scalars"]) == sorted([*STEP_NUMBERS, *EPOCH_NUMBERS])
+    assert tensorboard_scalars(tmp_path, "epoch/val_boxes") == [(120, 17)]
+    assert tensorboard_scalars(tmp_path, "epoch/val_iou/road") == [(120, 0.7)]
+    assert tensorboard_scalars(tmp_path, "step/tokens") == [(100, 4096)]
+
+
+def test_mlflow_gets_an_int_metric_and_not_the_step_epoch_or_flags(tmp_path, mlflow_client):
+    output_dir = tmp_path / "run"
+    output_dir.mkdir()
+    tracker = loggers.MLflow(str(output_dir), {}, {"project": "ints", "args": {"lr": 0.1}})
+    tracker.write(STEP)
+    tracker.write(EPOCH)
+    tracker.close(str(output_dir / "last.pt"))
+    run = mlflow_client(output_dir).get_run(tracker.run_id)
+    assert run.data.metrics == {**STEP_NUMBERS, **EPOCH_NUMBERS}
+
+
+def test_wandb_gets_an_int_metric_and_not_the_step_epoch_or_flags(tmp_path):
+    class Run:  # stands in for wandb's run: what log() got
+        def __init__(self):
+            self.logged = []
+
+        def log(self, data: dict, step: int) -> None:
+            self.logged.append((step, data))
+
+    tracker = loggers.WandB.__new__(loggers.WandB)  # without wandb.init
+    loggers.ResumableTracker.__init__(tracker, str(tmp_path), {}, {})
+    tracker.run_id, tracker.run = "r", Run()
+    tracker.write(STEP)
+    tracker.write(EPOCH)
+    assert tracker.run.logged == [(100, STEP_NUMBERS), (120, EPOCH_NUMBERS)]

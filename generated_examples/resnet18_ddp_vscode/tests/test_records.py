@@ -5,12 +5,13 @@ import json
 import statistics
 
 import pytest
-from conftest import read_metrics, run_train, tiny_args, train_fails
+from conftest import SMALL_MODEL, data_args, read_metrics, run_train, tiny_args, train_fails
 
 import compare
+import records
 import train
 
-SHORT = ["--model=lenet", "--epochs=2", "--max-steps=6", "--deterministic"]
+SHORT = [f"--model={SMALL_MODEL}", "--epochs=2", "--max-steps=6", "--deterministic"]
 
 
 def read_json(path) -> dict:
@@ -22,9 +23,7 @@ def test_a_run_records_its_options_and_environment(tmp_path):
     config = read_json(tmp_path / "config.json")
     expected = vars(train.parse_args(tiny_args(tmp_path / "fresh", *SHORT, "--lr=0.02")))
     expected["output_dir"] = str(tmp_path)
-    assert config == {
-        key: value for key, value in expected.items() if key not in train.runs.ACTIONS
-    }
+    assert config == {key: value for key, value in expected.items() if key not in records.ACTIONS}
     (entry,) = read_json(tmp_path / "env.json")["invocations"]
     fields = {"time", "command", "cwd", "host", "python", "torch", "torchvision", "cuda", "cudnn"}
     fields |= {"gpus", "device", "world_size", "git_commit", "git_dirty", "template_version"}
@@ -89,20 +88,22 @@ def test_compare_averages_the_repeats_of_a_setting(tmp_path, capsys):
     folders = []
     for seed in range(3):
         folders.append(tmp_path / f"lr1-seed{seed}")
-        run_train(folders[-1], *SHORT, f"--seed={seed}", "--fake-size=16")
+        run_train(folders[-1], *SHORT, f"--seed={seed}", *data_args(16))
     default_lr = train.parse_args([]).lr
     other = tmp_path / "lr2"
-    run_train(other, *SHORT, "--fake-size=16", f"--lr={default_lr * 2}")
+    run_train(other, *SHORT, *data_args(16), f"--lr={default_lr * 2}")
     capsys.readouterr()
     rows = compare.main([*map(str, folders), str(other), "--no-figure"])
     groups = [(row["group"], row["runs"]) for row in rows]
     assert groups == [(f"lr={default_lr}", 3), (f"lr={default_lr * 2}", 1)]
-    for name in compare.METRICS:
+    names = compare.metric_names([read_metrics(folder)[-1] for folder in [*folders, other]])
+    assert names[:2] == ["train_loss", "val_loss"] and len(names) > 2, "and the task's metrics"
+    for name in names:
         finals = [read_metrics(folder)[-1][name] for folder in folders]
         assert rows[0][name] == (statistics.fmean(finals), statistics.stdev(finals))
         assert rows[1][name] == (read_metrics(other)[-1][name], 0.0)
     table = capsys.readouterr().out.splitlines()
-    assert table[0].split() == ["group", "runs", *compare.METRICS]
+    assert table[0].split() == ["group", "runs", *names]
     mean, std = rows[0]["val_loss"]
     assert table[1].startswith(f"lr={default_lr}  3") and f"{mean:.4f} ± {std:.4f}" in table[1]
 
@@ -112,10 +113,11 @@ def test_compare_draws_each_settings_mean_over_epochs(tmp_path):
     folders = []
     for seed in range(2):
         folders.append(tmp_path / f"seed{seed}")
-        run_train(folders[-1], *SHORT, f"--seed={seed}", "--fake-size=16")
+        run_train(folders[-1], *SHORT, f"--seed={seed}", *data_args(16))
     figure = compare.plot_groups({"all runs": list(map(str, folders))}, str(tmp_path / "c.png"))
     assert (tmp_path / "c.png").stat().st_size > 0
-    val_loss = figure.axes[compare.METRICS.index("val_loss")].lines[0]
+    (val_loss,) = [axes for axes in figure.axes if axes.get_ylabel() == "val_loss"]
+    val_loss = val_loss.lines[0]
     per_run = [[r["val_loss"] for r in read_metrics(f) if r["kind"] == "epoch"] for f in folders]
     assert list(val_loss.get_xdata()) == [1, 2]
     assert list(val_loss.get_ydata()) == [

@@ -10,6 +10,7 @@ import argparse
 from torch import nn
 
 from hooks.activations import ActivationStats
+from hooks.base import HookError
 from hooks.gradients import GradientNorms
 from hooks.nan_check import NanCheck
 
@@ -33,7 +34,7 @@ class HookSet:
     """The hooks named in `names` ("a,b"; "" registers nothing), attached to `model`.
 
     Pass the unwrapped model (not the DDP or torch.compile wrapper). `module_glob`, `output_dir`
-    and `save_steps` go to every hook's constructor (see hooks.base.Hook). ValueError, with a
+    and `save_steps` go to every hook's constructor (see hooks.base.Hook). HookError, with a
     one-line message, for an unknown name or a glob that matches no module.
     """
 
@@ -48,13 +49,13 @@ class HookSet:
         wanted = list(dict.fromkeys(name.strip() for name in names.split(",") if name.strip()))
         for name in wanted:
             if name not in HOOKS:
-                raise ValueError(f"unknown hook {name!r}; valid hooks: {', '.join(HOOKS)}")
+                raise HookError(f"unknown hook {name!r}; valid hooks: {', '.join(HOOKS)}")
         if save_steps < 0:
-            raise ValueError("--hook-save-steps must be 0 or more")
+            raise HookError("--hook-save-steps must be 0 or more")
         if save_steps and "activations" not in wanted:
-            raise ValueError("--hook-save-steps saves feature maps: add --hooks activations")
+            raise HookError("--hook-save-steps saves feature maps: add --hooks activations")
         if module_glob and not wanted:
-            raise ValueError(f"--hook-modules needs --hooks NAME; valid hooks: {', '.join(HOOKS)}")
+            raise HookError(f"--hook-modules needs --hooks NAME; valid hooks: {', '.join(HOOKS)}")
         self.hooks = {}
         self.record = False
         try:

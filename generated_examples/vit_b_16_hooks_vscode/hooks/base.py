@@ -36,6 +36,11 @@ import torch
 from torch import nn
 
 
+class HookError(ValueError):
+    """Hook options that cannot work; the message says what to do. (Errors raised inside a
+    hook's own code are not this: they keep their traceback.)"""
+
+
 class Hook:
     """Per-module instrumentation for training steps.
 
@@ -124,7 +129,7 @@ def select_modules(model: nn.Module, module_glob: str = "") -> list[tuple[str, n
     if not module_glob.strip():
         chosen = [(name, module) for name, module in named if owns_parameters(module)]
         if not chosen:
-            raise ValueError("no module of the model owns parameters: pass --hook-modules GLOB")
+            raise HookError("no module of the model owns parameters: pass --hook-modules GLOB")
         return chosen
     patterns = [pattern.strip() for pattern in module_glob.split(",") if pattern.strip()]
     chosen = [
@@ -135,7 +140,7 @@ def select_modules(model: nn.Module, module_glob: str = "") -> list[tuple[str, n
     if not chosen:
         shown = ", ".join(name for name, _ in named[:12])
         more = f" and {len(named) - 12} more" if len(named) > 12 else ""
-        raise ValueError(
+        raise HookError(
             f"--hook-modules {module_glob!r} matches no module; module names: {shown}{more}"
         )
     return chosen

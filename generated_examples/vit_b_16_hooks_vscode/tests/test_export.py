@@ -13,7 +13,7 @@ from test_predict import one_line_failure, reference_model
 
 import checkpoint
 import export
-from dataset import MEAN, STD, Preprocess
+from pipeline import MEAN, STD, Preprocess
 
 FORMAT_SUFFIXES = {"torchscript": ".torchscript.pt", "exported": ".pt2", "onnx": ".onnx"}
 

@@ -1,11 +1,26 @@
-"""The hooks/ package: handles, statistics, gradient norms, NaN checks, and a run with hooks."""
+"""The hooks/ package: handles, statistics, gradient norms, NaN checks, and a run with hooks.
+
+The tests watch SMALL_MODEL (conftest.py); the modules they name are found in it by position:
+the default ones are those that own parameters, in model order (lenet: conv1, conv2, fc1, fc2,
+fc3).
+"""
 
 import copy
 import os
+import re
 
 import pytest
 import torch
-from conftest import MODEL, read_metrics, run_train, tiny_args, train_fails
+import torchvision
+from conftest import (
+    MODEL,
+    SMALL_MODEL,
+    TORCHVISION_MODEL,
+    read_metrics,
+    run_train,
+    tiny_args,
+    train_fails,
+)
 from torch import nn
 
 import train
@@ -14,15 +29,31 @@ from hooks.base import select_modules
 from model import build_model
 
 ALL_HOOKS = ",".join(HOOKS)
+SMALL = f"--model={SMALL_MODEL}"
 
 
-def tiny_model(name: str) -> nn.Module:
+def tiny_model(name: str = SMALL_MODEL) -> nn.Module:
     torch.manual_seed(0)
     return build_model(name, num_classes=10, in_channels=3, image_size=32)
 
 
+def watched(model: nn.Module) -> list[str]:
+    """The names of the modules the hooks watch by default."""
+    return [name for name, _ in select_modules(model)]
+
+
+def watched_by(model: nn.Module, module_glob: str) -> list[str]:
+    return [name for name, _ in select_modules(model, module_glob)]
+
+
 def images(batch: int = 2) -> torch.Tensor:
     return torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+def class_targets(logits: torch.Tensor) -> torch.Tensor:
+    """A class index for each vector of logits: per image, or per pixel."""
+    shape = (logits.shape[0], *logits.shape[2:])
+    return torch.randint(logits.shape[1], shape, generator=torch.Generator().manual_seed(2))
 
 
 def hook_counts(model: nn.Module) -> int:
@@ -48,7 +79,7 @@ def capture_outputs(model: nn.Module, names) -> tuple[dict, list]:
 
 
 def test_attach_and_detach_leave_no_handles(tmp_path):
-    model = tiny_model("lenet")
+    model = tiny_model()
     assert hook_counts(model) == 0
     hooks = HookSet("", model)
     assert hook_counts(model) == 0 and hooks.end_step() == {}
@@ -65,21 +96,26 @@ def test_attach_and_detach_leave_no_handles(tmp_path):
 
 
 def test_default_modules_and_globs():
-    model = tiny_model("lenet")
-    assert [name for name, _ in select_modules(model)] == ["conv1", "conv2", "fc1", "fc2", "fc3"]
-    assert [name for name, _ in select_modules(model, "fc*, conv2")] == [
-        "conv2",
-        "fc1",
-        "fc2",
-        "fc3",
-    ]
-    with pytest.raises(ValueError, match="matches no module; module names: conv1, conv2"):
+    model = tiny_model()
+    layers = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.modules.batchnorm._BatchNorm)
+    names = watched(model)
+    assert names == [name for name, module in model.named_modules() if isinstance(module, layers)]
+    # Two globs, out of model order: the names that begin as the last module's (lenet: fc*), and
+    # one name (lenet: conv2). The modules come in model order.
+    prefix, second = names[-1][:-1], names[1]
+    expected = [second, *(name for name, _ in model.named_modules() if name.startswith(prefix))]
+    assert watched_by(model, f"{prefix}*, {second}") == expected
+    # lenet: "module names: conv1, conv2"
+    first_two = ", ".join(name for name, _ in list(model.named_modules())[1:3])
+    with pytest.raises(
+        ValueError, match=re.escape(f"matches no module; module names: {first_two}")
+    ):
         select_modules(model, "layer9.*")
     with pytest.raises(ValueError, match="unknown hook 'bogus'; valid hooks: activations"):
         HookSet("activations,bogus", model)
 
 
-@pytest.mark.parametrize("name", ["lenet", "resnet18"])
+@pytest.mark.parametrize("name", [SMALL_MODEL, TORCHVISION_MODEL])
 def test_activation_stats_match_a_real_forward(tmp_path, name):
     model = tiny_model(name)
     names = [module_name for module_name, _ in select_modules(model)]
@@ -105,31 +141,36 @@ def test_activation_stats_match_a_real_forward(tmp_path, name):
 
 
 def test_activation_stats_over_micro_batches_and_amp():
-    model = tiny_model("lenet")
+    model = tiny_model()
+    model.eval()  # BatchNorm layers, if any, then see each sample alone: halves add up to the batch
+    middle = watched(model)[len(watched(model)) // 2]  # lenet: fc1
     batch = images(4)
-    outputs, handles = capture_outputs(model, ["fc1"])
+    outputs, handles = capture_outputs(model, [middle])
     model(batch)
     handles[0].remove()
-    hooks = HookSet("activations,gradients", model, "fc1")
+    hooks = HookSet("activations,gradients", model, middle)
     hooks.start_step(1, record=True)
     for half in batch.chunk(2):
         model(half).sum().backward()
-    stats = hooks.end_step()["activations"]["fc1"]
-    assert stats["mean"] == pytest.approx(outputs["fc1"].mean().item(), rel=1e-4)
-    assert stats["std"] == pytest.approx(outputs["fc1"].std().item(), rel=1e-4)
+    stats = hooks.end_step()["activations"][middle]
+    assert stats["mean"] == pytest.approx(outputs[middle].mean().item(), rel=1e-4)
+    assert stats["std"] == pytest.approx(outputs[middle].std().item(), rel=1e-4)
     hooks.start_step(2, record=True)
     with torch.autocast("cpu", torch.bfloat16):
         model(batch).float().sum().backward()
     summary = hooks.end_step()
-    assert summary["activations"]["fc1"]["mean"] == pytest.approx(
+    assert summary["activations"][middle]["mean"] == pytest.approx(
         stats["mean"], abs=0.05 * stats["std"]
     )
-    assert all(type(value) is float for value in summary["gradients"]["fc1"].values())
+    assert all(type(value) is float for value in summary["gradients"][middle].values())
 
 
 def test_gradient_norms_match_autograd_and_grad():
-    model = tiny_model("lenet")
-    names = [name for name, _ in select_modules(model)]
+    model = tiny_model()
+    for module in model.modules():
+        if isinstance(module, nn.ReLU):  # autograd.grad needs the outputs kept as returned
+            module.inplace = False  # (in-place ReLUs: the next test)
+    names = watched(model)
     outputs, handles = {}, []
     for name in names:
 
@@ -137,28 +178,34 @@ def test_gradient_norms_match_autograd_and_grad():
             outputs[name] = output
 
         handles.append(model.get_submodule(name).register_forward_hook(keep))
-    loss = nn.functional.cross_entropy(model(images()), torch.tensor([1, 2]))
+    logits = model(images())
+    targets = class_targets(logits)
+    loss = nn.functional.cross_entropy(logits, targets)
     expected = torch.autograd.grad(loss, [outputs[name] for name in names])
     for handle in handles:
         handle.remove()
 
     hooks = HookSet("gradients", model)
     hooks.start_step(1, record=True)
-    nn.functional.cross_entropy(model(images()), torch.tensor([1, 2])).backward()
+    nn.functional.cross_entropy(model(images()), targets).backward()
     summary = hooks.end_step()["gradients"]
     for name, grad in zip(names, expected, strict=True):
         norms = summary[name]
         assert norms["grad_output"] == pytest.approx(grad.norm().item(), rel=1e-5)
-        module = model.get_submodule(name)
-        assert norms["weight"] == pytest.approx(module.weight.grad.norm().item(), rel=1e-6)
-        assert norms["bias"] == pytest.approx(module.bias.grad.norm().item(), rel=1e-6)
+        parameters = dict(model.get_submodule(name).named_parameters(recurse=False))
+        assert set(norms) == {"grad_output", *parameters}  # lenet: weight and bias
+        for parameter_name, parameter in parameters.items():
+            expected_norm = parameter.grad.norm().item()
+            assert norms[parameter_name] == pytest.approx(expected_norm, rel=1e-6)
 
 
 def test_gradient_norms_with_in_place_relu_match_full_backward_hooks():
     """resnet18's ReLU(inplace=True) after bn1 breaks register_full_backward_hook; the tensor hooks
-    give the same numbers as full backward hooks on a copy without in-place ReLUs."""
-    model = tiny_model("resnet18")
-    nn.init.normal_(model.fc.weight)  # the zero-initialized head would send back no gradient
+    give the same numbers as full backward hooks on a copy without in-place ReLUs. (torchvision's
+    resnet18, which every project has, whatever its own models.)"""
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10, zero_init_residual=True)
+    nn.init.normal_(model.fc.weight)  # a large head: gradients well above rounding
     reference = copy.deepcopy(model)
     for module in reference.modules():
         if isinstance(module, nn.ReLU):
@@ -184,7 +231,8 @@ def test_gradient_norms_with_in_place_relu_match_full_backward_hooks():
 
 
 def test_nan_check_names_module_and_step():
-    model = tiny_model("lenet")
+    model = tiny_model()
+    *_, second_last, last = watched(model)  # lenet: fc2, fc3
     hooks = HookSet("nan_check", model)
     hooks.start_step(3, record=False)
     model(images()).sum().backward()
@@ -192,34 +240,36 @@ def test_nan_check_names_module_and_step():
     hooks.start_step(4, record=False)
     (model(images()) * float("nan")).sum().backward()  # finite outputs, NaN gradients
     with pytest.raises(
-        FloatingPointError, match="gradient of the output of module 'fc3' at step 4"
+        FloatingPointError, match=f"gradient of the output of module '{last}' at step 4"
     ):
         hooks.end_step()
     with torch.no_grad():
-        model.fc2.weight[0, 0] = float("inf")
+        model.get_submodule(second_last).weight.view(-1)[0] = float("inf")
     hooks.start_step(5, record=False)
     model(images()).sum().backward()
-    with pytest.raises(FloatingPointError, match="output of module 'fc2' at step 5"):
+    with pytest.raises(FloatingPointError, match=f"output of module '{second_last}' at step 5"):
         hooks.end_step()
 
 
 def test_nan_check_stops_training(tmp_path, monkeypatch):
+    poisoned = watched(tiny_model())[-2]  # lenet: fc2
+
     def build_poisoned_model(*args, **kwargs):
         model = build_model(*args, **kwargs)
         calls = []
 
-        def poison(module, inputs):  # NaN into fc2 on the second training step
+        def poison(module, inputs):  # NaN into the module on the second training step
             calls.append(len(calls) + 1)
             return (inputs[0] * float("nan"),) if len(calls) == 2 else None
 
-        model.fc2.register_forward_pre_hook(poison)
+        model.get_submodule(poisoned).register_forward_pre_hook(poison)
         return model
 
     monkeypatch.setattr(train, "build_model", build_poisoned_model)
     with pytest.raises(
-        SystemExit, match=r"error: NaN or Inf in the output of module 'fc2' at step 2"
+        SystemExit, match=rf"error: NaN or Inf in the output of module '{poisoned}' at step 2"
     ):
-        run_train(tmp_path, "--model=lenet", "--hooks=nan_check", "--max-steps=3")
+        run_train(tmp_path, SMALL, "--hooks=nan_check", "--max-steps=3")
 
 
 def test_training_logs_hook_summaries(tmp_path):
@@ -241,27 +291,30 @@ def test_training_logs_hook_summaries(tmp_path):
 
 
 def test_hooks_only_on_logged_steps_and_feature_maps(tmp_path):
+    model = tiny_model()
+    first_two = watched(model)[:2]  # lenet: conv1, conv2
     run_train(
         tmp_path,
-        "--model=lenet",
+        SMALL,
         "--in-channels=3",
         "--image-size=32",
         "--hooks=activations",
-        "--hook-modules=conv*",
+        f"--hook-modules={','.join(first_two)}",
         "--hook-save-steps=1",
         "--max-steps=2",
         "--log-every=2",
     )
     steps = [record for record in read_metrics(tmp_path) if record["kind"] == "step"]
     assert [(record["step"], list(record["hooks"]["activations"])) for record in steps] == [
-        (2, ["conv1", "conv2"])
+        (2, first_two)
     ]
     assert os.listdir(tmp_path / "features") == ["step_00000001.pt"]
     features = torch.load(tmp_path / "features" / "step_00000001.pt", weights_only=True)
-    assert {name: tuple(tensor.shape) for name, tensor in features.items()} == {
-        "conv1": (8, 6, 28, 28),
-        "conv2": (8, 16, 10, 10),
-    }
+    outputs, _ = capture_outputs(model, first_two)
+    model(images(8))  # a batch of the run's size: its feature maps have the saved shapes
+    assert {name: tensor.shape for name, tensor in features.items()} == {
+        name: output.shape for name, output in outputs.items()
+    }  # lenet: (8, 6, 28, 28) and (8, 16, 10, 10)
 
 
 @pytest.mark.parametrize(
@@ -273,6 +326,6 @@ def test_hooks_only_on_logged_steps_and_feature_maps(tmp_path):
     ],
 )
 def test_bad_hook_options_exit_with_a_message(tmp_path, capsys, extra, message):
-    code, err = train_fails(capsys, *tiny_args(tmp_path, "--model=lenet", "--max-steps=1", *extra))
+    code, err = train_fails(capsys, *tiny_args(tmp_path, SMALL, "--max-steps=1", *extra))
     assert code == 2 and err.startswith(message) and err.count("\n") == 1
     assert not tmp_path.exists() or not list(tmp_path.iterdir())

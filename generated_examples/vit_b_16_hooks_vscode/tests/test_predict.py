@@ -15,8 +15,8 @@ from test_data import write_image_folder
 
 import checkpoint
 import predict
-from dataset import Preprocess, image_transform
 from model import build_model
+from pipeline import Preprocess, image_transform
 
 
 @pytest.fixture(scope="module")

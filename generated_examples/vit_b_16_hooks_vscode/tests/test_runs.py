@@ -10,8 +10,14 @@ import time
 import pytest
 import torch
 from conftest import (
+    NOT_A_MULTIPLE,
+    OTHER_MODEL,
     PROJECT,
+    SIZE_MULTIPLE_MODEL,
+    SIZE_OPTION,
+    SMALL_MODEL,
     assert_same_weights,
+    data_args,
     logged_steps,
     run_train,
     start_train,
@@ -21,6 +27,9 @@ from conftest import (
 
 import checkpoint
 import train
+from dataset import build_datasets
+from model import model_image_size_problem
+from pipeline import DatasetError
 
 # Stands in for train.py: each optimizer step takes STEP_SECONDS longer, so that a signal arrives
 # while the run is going; with SAVE_SECONDS, a checkpoint write waits that long inside the write
@@ -29,9 +38,10 @@ SLOW_TRAIN = """
 import os, sys, time
 
 sys.path.insert(0, {project!r})
+import torch
 import train
 
-is_logged, fsync = train.is_logged, os.fsync
+is_logged, save = train.is_logged, torch.save
 
 
 def slow_is_logged(*args):
@@ -39,17 +49,18 @@ def slow_is_logged(*args):
     return is_logged(*args)
 
 
-def slow_fsync(descriptor):
+def slow_save(*args, **kwargs):
+    save(*args, **kwargs)
     if os.environ.get("SAVE_SECONDS"):
         open(os.environ["SAVING"], "w").close()
         time.sleep(float(os.environ["SAVE_SECONDS"]))
-    fsync(descriptor)
 
 
-train.is_logged, os.fsync = slow_is_logged, slow_fsync
+train.is_logged, torch.save = slow_is_logged, slow_save
 train.main(sys.argv[1:])
 """
-LONG_RUN = ["--model=lenet", "--epochs=3", "--deterministic", "--augment"]
+SMALL = f"--model={SMALL_MODEL}"
+LONG_RUN = [SMALL, "--epochs=3", "--deterministic", "--augment"]
 
 
 def start_slow(tmp_path, args, **env):
@@ -83,21 +94,23 @@ def files_of(folder) -> dict[str, str]:
 
 
 def test_the_same_command_twice_keeps_both_runs(tmp_path, capsys):
-    command = ["--dataset=fake", "--fake-size=16", "--batch-size=8", "--workers=0"]
-    command += ["--epochs=1", "--device=cpu", "--model=lenet"]
+    command = [*data_args(16), "--batch-size=8", "--workers=0"]
+    command += ["--epochs=1", "--device=cpu", SMALL]
     train.main(command)
     (first,) = os.listdir("runs")
     before = files_of(os.path.join("runs", first))
     train.main(command)
     second = [name for name in os.listdir("runs") if name != first]
-    assert len(second) == 1 and re.fullmatch(r"\d{8}-\d{6}-lenet(-\d+)?", second[0]), second
+    assert len(second) == 1 and re.fullmatch(
+        rf"\d{{8}}-\d{{6}}-{SMALL_MODEL}(-\d+)?", second[0]
+    ), second
     assert files_of(os.path.join("runs", first)) == before, "the first run was changed"
     assert sorted(files_of(os.path.join("runs", second[0]))) == sorted(before)
 
 
 def test_resume_auto_without_an_output_dir_continues_the_newest_run(tmp_path, capsys):
-    command = ["--fake-size=16", "--batch-size=8", "--workers=0", "--device=cpu", "--model=lenet"]
-    command += ["--dataset=fake", "--log-every=1"]
+    command = [*data_args(16), "--batch-size=8", "--workers=0", "--device=cpu", SMALL]
+    command += ["--log-every=1"]
     train.main([*command, "--epochs=1"])
     train.main([*command, "--epochs=1"])
     newest = sorted(os.listdir("runs"))[-1]
@@ -112,9 +125,9 @@ def test_resume_auto_without_an_output_dir_continues_the_newest_run(tmp_path, ca
 
 
 def test_an_output_dir_that_holds_a_run_is_refused_then_overwritten_on_request(tmp_path, capsys):
-    run_train(tmp_path, "--model=lenet", "--max-steps=2")
+    run_train(tmp_path, SMALL, "--max-steps=2")
     before = files_of(tmp_path)
-    code, err = train_fails(capsys, *tiny_args(tmp_path, "--model=lenet", "--max-steps=2"))
+    code, err = train_fails(capsys, *tiny_args(tmp_path, SMALL, "--max-steps=2"))
     assert code == 2
     assert err == (
         f"error: {tmp_path} already holds a run (best.pt): continue it with --resume auto, start "
@@ -122,7 +135,7 @@ def test_an_output_dir_that_holds_a_run_is_refused_then_overwritten_on_request(t
     )
     assert files_of(tmp_path) == before
     (tmp_path / "notes.txt").write_text("mine")
-    run_train(tmp_path, "--model=lenet", "--max-steps=1", "--overwrite")
+    run_train(tmp_path, SMALL, "--max-steps=1", "--overwrite")
     assert logged_steps(tmp_path) == [1]
     assert (tmp_path / "notes.txt").read_text() == "mine", "--overwrite deletes run files only"
 
@@ -209,14 +222,18 @@ BAD_OPTIONS = [
     (["--num-classes=1"], 2, "argument --num-classes: must be at least 2, got 1"),
     (["--in-channels=0"], 2, "argument --in-channels: must be at least 1, got 0"),
     (["--image-size=0"], 2, "argument --image-size: must be at least 1, got 0"),
-    (["--image-size=1"], 2, "--model lenet needs --image-size of at least 16, got 1"),
-    (["--model=vit_b_16", "--image-size=40"], 2, "--model vit_b_16 needs an --image-size"),
+    (["--image-size=1"], 2, model_image_size_problem(SMALL_MODEL, 1)),
+    (
+        [f"--model={SIZE_MULTIPLE_MODEL}", f"--image-size={NOT_A_MULTIPLE}"],
+        2,
+        model_image_size_problem(SIZE_MULTIPLE_MODEL, NOT_A_MULTIPLE),
+    ),
     (["--epochs=0"], 2, "argument --epochs: must be at least 1, got 0"),
     (["--epochs=two"], 2, "argument --epochs: expected a whole number, got 'two'"),
     (["--max-steps=0"], 2, "argument --max-steps: must be at least 1, got 0"),
     (["--batch-size=0"], 2, "argument --batch-size: must be at least 1, got 0"),
     (["--grad-accum-steps=0"], 2, "argument --grad-accum-steps: must be at least 1, got 0"),
-    (["--fake-size=0"], 2, "argument --fake-size: must be at least 1, got 0"),
+    ([f"{SIZE_OPTION}=0"], 2, f"argument {SIZE_OPTION}: must be at least 1, got 0"),
     (["--clip-grad-norm=-1"], 2, "argument --clip-grad-norm: must be above 0, got -1"),
     (["--clip-grad-norm=0"], 2, "argument --clip-grad-norm: must be above 0, got 0"),
     (["--warmup-epochs=-1"], 2, "argument --warmup-epochs: must be at least 0, got -1"),
@@ -244,8 +261,16 @@ BAD_OPTIONS = [
     (["--output-dir=EARLIER"], 2, "EARLIER already holds a run (best.pt)"),
     (["--batch-size=8", "--grad-accum-steps=9"], 2, "32 training samples give no optimizer step"),
     (["--resume=EARLIER/last.pt", "--num-classes=3"], 1, "EARLIER/last.pt was saved with"),
-    (["--eval-only", "--resume=EARLIER/last.pt", "--model=mlp"], 1, "EARLIER/last.pt was saved"),
-    (["--init-from=EARLIER/last.pt", "--model=mlp"], 1, "EARLIER/last.pt holds a lenet model"),
+    (
+        ["--eval-only", "--resume=EARLIER/last.pt", f"--model={OTHER_MODEL}"],
+        1,
+        f"EARLIER/last.pt was saved with --model {SMALL_MODEL}, this run uses {OTHER_MODEL}",
+    ),
+    (
+        ["--init-from=EARLIER/last.pt", f"--model={OTHER_MODEL}"],
+        1,
+        f"EARLIER/last.pt holds a {SMALL_MODEL} model",
+    ),
     (
         ["--resume=EARLIER/metrics.jsonl"],
         1,
@@ -257,7 +282,7 @@ BAD_OPTIONS = [
 @pytest.fixture(scope="module")
 def earlier_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("earlier")
-    run_train(folder, "--model=lenet", "--max-steps=2")
+    run_train(folder, SMALL, "--max-steps=2")
     return folder
 
 
@@ -272,7 +297,7 @@ def test_bad_options_are_one_line_and_change_nothing(
     before = files_of(earlier_run)
     output_dir = tmp_path / "new-run"
     options = [option.replace(EARLIER, str(earlier_run)) for option in options]
-    got_code, err = train_fails(capsys, *tiny_args(output_dir, "--model=lenet", *options))
+    got_code, err = train_fails(capsys, *tiny_args(output_dir, SMALL, *options))
     assert got_code == code
     assert err.startswith("error: " + message.replace(EARLIER, str(earlier_run))), err
     assert err.count("\n") == 1 and "Traceback" not in err and "usage:" not in err
@@ -298,10 +323,11 @@ def test_help_shows_each_default_once(capsys):
 
 
 def test_nothing_is_written_when_a_run_stops_on_bad_data(tmp_path, capsys):
-    code, err = train_fails(
-        capsys, *tiny_args(tmp_path / "run", "--dataset=folder", f"--data-dir={tmp_path / 'no'}")
-    )
-    assert code == 1 and err.startswith(f"error: data directory {tmp_path / 'no'} does not exist")
+    args = tiny_args(tmp_path / "run", "--dataset=folder", f"--data-dir={tmp_path / 'no'}")
+    code, err = train_fails(capsys, *args)
+    with pytest.raises(DatasetError) as problem:  # what the folder is missing: dataset.py says
+        build_datasets(train.parse_args(args))
+    assert code == 1 and err == f"error: {problem.value}\n" and str(tmp_path / "no") in err
     assert not (tmp_path / "run").exists()
 
 

@@ -13,7 +13,7 @@ deviation over the runs) and a curve per panel (the mean per epoch, with a band 
 deviation). The metrics are the ones the runs logged, found in their last epoch lines:
 train_loss, val_loss, then every other number named val_* in the order first seen (val_acc for
 classification; val_miou, val_pixel_acc for segmentation; ...), except the per-class metrics,
-whose names hold a "/" (val_iou/road). Needs matplotlib for the figure (`pip install -e
+whose names hold a "/" (val_iou/3). Needs matplotlib for the figure (`pip install -e
 '.[plot]'`); `--no-figure` prints the table only.
 """
 

@@ -159,6 +159,15 @@ def all_gather_object(value) -> list:
     return gathered
 
 
+def broadcast_buffers(model: torch.nn.Module) -> None:
+    """Every process takes rank 0's buffers (BatchNorm's running statistics): each process updated
+    its own in its last training step, and rank 0's are the ones a checkpoint saves. DDP itself
+    sends them from rank 0 only at the start of each training forward pass."""
+    if dist.is_initialized():
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
+
+
 def broadcast_object(value):
     """Rank 0's `value`, on every process (for choices only rank 0 may make, such as a name)."""
     if not dist.is_initialized():

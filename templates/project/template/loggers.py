@@ -273,7 +273,7 @@ AXES = ("kind", "epoch", "step")  # which record, and where: not metrics
 
 def numbers(record: dict) -> dict[str, float]:
     """What the trackers get of a record: each of its numbers, int or float, as KIND/NAME, such as
-    step/loss, epoch/val_acc, epoch/val_iou/road (a per-class metric keeps its "/"). Left to
+    step/loss, epoch/val_loss, epoch/val_iou/3 (a per-class metric keeps its "/"). Left to
     metrics.jsonl: the bookkeeping AXES (the step is each tracker's own x axis), bools (ints to
     Python, but flags, not metrics), strings and nested dicts (the hook summaries). Ints arrive as
     floats, the one type every tracker stores."""

@@ -11,7 +11,7 @@ curves.png has three panels: the losses (the logged steps' loss, each epoch's me
 and its validation loss), the other validation metrics, and the learning rate. The metrics panel
 draws whatever the task logged, found in the epoch lines: every number named val_* but val_loss
 (val_acc for classification, val_miou and val_pixel_acc for segmentation, ...). Per-class metrics
-(names with a "/", such as val_iou/road) are left out: there can be dozens of them. Epoch metrics
+(names with a "/", such as val_iou/3) are left out: there can be dozens of them. Epoch metrics
 are drawn at the step where their epoch ended. --activations draws at most --max-layers layers
 (12): the third whose std drifted most (a dying or exploding layer) and the rest evenly spaced;
 --layers picks by name.
@@ -122,7 +122,7 @@ def is_number(value) -> bool:
 def validation_metrics(records: list[dict]) -> list[str]:
     """The validation metrics of the epoch lines in `records`, in the order first seen: every
     number named val_* except val_loss (a loss, drawn with the others) and the per-class metrics,
-    whose names hold a "/" (val_iou/road): one a class, too many for a plot."""
+    whose names hold a "/" (val_iou/3): one a class, too many for a plot."""
     names: dict[str, None] = {}
     for record in records:
         if record.get("kind") != "epoch":
