@@ -676,12 +676,29 @@ def release_0_2_0(tmp_path_factory, releases) -> History:
     return History(ROOT, release_bundles(tmp_path_factory.mktemp("releases"), "0.2.0"), releases.v2)
 
 
-def project_of_0_1_0(tmp_path: Path, home: Path, releases: History, old: str, new: str) -> Path:
-    project = new_project(tmp_path, home, releases.v1)
-    assert answers(project)["_commit"] == "v0.1.0"
+def edited_project(tmp_path: Path, home: Path, history: History, old: str, new: str) -> Path:
+    """A project of the old release in `history`, with train.py's `old` line edited to `new`."""
+    project = new_project(tmp_path, home, history.v1)
     replace_once(project / "train.py", old, new)
     commit_all(project, "My change")
     return project
+
+
+def project_of_0_1_0(tmp_path: Path, home: Path, releases: History, old: str, new: str) -> Path:
+    project = edited_project(tmp_path, home, releases, old, new)
+    assert answers(project)["_commit"] == "v0.1.0"
+    return project
+
+
+def trains_briefly(project: Path) -> subprocess.CompletedProcess:
+    """Two steps of the updated project's train.py, into run/."""
+    return subprocess.run(
+        [sys.executable, "train.py", "--max-steps=2", "--epochs=1", "--workers=0", "--device=cpu"]
+        + ["--fake-size=16", "--batch-size=8", "--optimizer=adamw", "--output-dir=run"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+    )
 
 
 def test_a_0_1_0_project_updates_and_keeps_an_edit_where_train_py_did_not_move(
@@ -697,13 +714,7 @@ def test_a_0_1_0_project_updates_and_keeps_an_edit_where_train_py_did_not_move(
     assert edited in train and "<<<<<<<" not in train
     assert "def train_one_epoch(" in train
     assert answers(project)["_commit"] == f"v{scaffold.__version__}"
-    run = subprocess.run(
-        [sys.executable, "train.py", "--max-steps=2", "--epochs=1", "--workers=0", "--device=cpu"]
-        + ["--fake-size=16", "--batch-size=8", "--optimizer=adamw", "--output-dir=run"],
-        cwd=project,
-        capture_output=True,
-        text=True,
-    )
+    run = trains_briefly(project)
     assert run.returncode == 0, run.stderr
     assert (project / "run" / "last.pt").is_file()
 
@@ -722,10 +733,8 @@ def test_an_edit_where_train_py_moved_gives_conflict_markers_and_exit_1(releases
 
 
 def project_of_0_2_0(tmp_path: Path, home: Path, history: History, old: str, new: str) -> Path:
-    project = new_project(tmp_path, home, history.v1)
+    project = edited_project(tmp_path, home, history, old, new)
     assert answers(project)["_commit"] == "v0.2.0"
-    replace_once(project / "train.py", old, new)
-    commit_all(project, "My change")
     return project
 
 
@@ -740,13 +749,7 @@ def test_a_0_2_0_project_updates_keeping_an_edit_where_train_py_did_not_move(
     assert "created  task.py" in result.stdout and "conflict" not in result.stdout
     train = (project / "train.py").read_text()
     assert edited in train and "<<<<<<<" not in train and "task.loss(model, batch)" in train
-    run = subprocess.run(
-        [sys.executable, "train.py", "--max-steps=2", "--epochs=1", "--workers=0", "--device=cpu"]
-        + ["--fake-size=16", "--batch-size=8", "--optimizer=adamw", "--output-dir=run"],
-        cwd=project,
-        capture_output=True,
-        text=True,
-    )
+    run = trains_briefly(project)
     assert run.returncode == 0, run.stderr
     assert (project / "run" / "best.pt").is_file()
 
