@@ -50,6 +50,10 @@ class Mutation:
 TRAIN = "tests/test_train.py::"
 RUNS = "tests/test_runs.py::"
 LEARNING = "tests/test_learning.py::"
+BEHAVIOUR = "tests/test_behaviour.py::"
+DDP = "tests/test_ddp.py::"
+RESUME = "tests/test_resume.py::"
+SWEEP = "tests/test_sweep.py::"
 MUTATIONS = (
     # Breaks that leave a finite loss and a saved checkpoint: only a run that must learn sees them.
     Mutation(
@@ -83,6 +87,87 @@ MUTATIONS = (
         "            return 0.5 * (1.0 + math.cos(math.pi * progress))\n",
         "            return 0.0\n",
         (LEARNING + "test_synthetic_shapes_are_learned_far_above_chance",),
+    ),
+    Mutation(
+        "optimizer-step-skipped-under-ddp",
+        "ddp",
+        "train.py",
+        "            loop.scaler.step(loop.optimizer)\n",
+        "",
+        (DDP + "test_two_processes_with_gradient_accumulation_learn_far_above_chance",),
+    ),
+    # Behaviours that leave a run that trains, saves and even learns: tests/test_behaviour.py.
+    Mutation(
+        "best-score-forgotten-on-resume",
+        "project",
+        "train.py",
+        '        self.best = state.get("best", state.get(old_name))\n',
+        "        self.best = None\n",
+        (BEHAVIOUR + "test_a_resumed_run_keeps_the_best_score_of_the_run_it_continues",),
+    ),
+    Mutation(
+        "best-pt-saved-every-epoch",
+        "project",
+        "train.py",
+        "        improved = self.best is None or better(value, self.best) != self.best\n",
+        "        improved = True\n",
+        (BEHAVIOUR + "test_best_pt_is_replaced_only_by_an_epoch_that_improves_the_metric",),
+    ),
+    Mutation(
+        "warm-up-one-step-too-long",
+        "project",
+        "train.py",
+        "        if step < warmup:\n",
+        "        if warmup and step <= warmup:\n",
+        (BEHAVIOUR + "test_the_warm_up_rises_to_the_learning_rate_and_never_above_it",),
+    ),
+    Mutation(
+        "backbone-lr-mult-ignored",
+        "project",
+        "train.py",
+        '{"params": backbone_params, "lr": args.lr * args.backbone_lr_mult}',
+        '{"params": backbone_params}',
+        (BEHAVIOUR + "test_backbone_lr_mult_scales_the_backbones_step_and_not_the_heads",),
+    ),
+    Mutation(
+        "validation-in-train-mode",
+        "project",
+        "train.py",
+        "    model.eval()\n",
+        "",
+        (BEHAVIOUR + "test_validation_runs_in_eval_mode_and_training_in_train_mode",),
+    ),
+    Mutation(
+        "keep-last-keeps-the-oldest",
+        "project",
+        "checkpoint.py",
+        "sorted(glob.glob(os.path.join(directory, STEP_PATTERN)))[: -keep or None]",
+        "sorted(glob.glob(os.path.join(directory, STEP_PATTERN)), reverse=True)[: -keep or None]",
+        (BEHAVIOUR + "test_keep_last_removes_the_oldest_step_checkpoints_and_keeps_the_newest",),
+    ),
+    Mutation(
+        "train-loss-summed-over-micro-batches",
+        "project",
+        "train.py",
+        "return loss_sum / max(self.step_in_epoch * self.micro_batches_per_step, 1)",
+        "return loss_sum / max(self.step_in_epoch, 1)",
+        (BEHAVIOUR + "test_train_loss_is_the_mean_per_sample_under_gradient_accumulation",),
+    ),
+    Mutation(
+        "gradients-all-reduced-every-micro-batch",
+        "ddp",
+        "train.py",
+        "    if skip_gradient_sync and isinstance(model, DistributedDataParallel):\n",
+        "    if False:\n",
+        (DDP + "test_gradients_are_all_reduced_once_per_optimizer_step",),
+    ),
+    Mutation(
+        "gradients-all-reduced-on-the-wrong-micro-batch",
+        "ddp",
+        "train.py",
+        "with no_sync(model, micro_step < accumulate - 1):",
+        "with no_sync(model, micro_step > 0):",
+        (DDP + "test_gradients_are_all_reduced_once_per_optimizer_step",),
     ),
     Mutation(
         "resume-disabled",
@@ -275,6 +360,127 @@ MUTATIONS = (
         "@pytest.fixture(autouse=True)\ndef cuda_or_skip(request):\n"
         '    pytest.skip("no CUDA device")\n',
         ("tests/test_variants.py::test_the_generated_test_suite_passes_on_cpu[resnet34_cifar10]",),
+    ),
+    # Resume is one command that loses nothing (tests/test_resume.py).
+    Mutation(
+        "resume-forgets-the-runs-options",
+        "project",
+        "options.py",
+        "        continue_run(parser, args, given_options(parser, arguments))\n",
+        "        pass\n",
+        (RESUME + "test_the_printed_command_continues_the_run_with_its_own_options",),
+    ),
+    Mutation(
+        "resume-takes-any-change",
+        "project",
+        "options.py",
+        "    if changed:\n        was = ",
+        "    if False:\n        was = ",
+        (RESUME + "test_a_change_to_the_runs_course_is_refused_unless_allowed",),
+    ),
+    Mutation(
+        "torn-checkpoints-start-the-run-over",
+        "project",
+        "checkpoint.py",
+        "    if problems:\n        raise CheckpointError(",
+        "    if False:\n        raise CheckpointError(",
+        (RESUME + "test_a_run_whose_checkpoints_are_all_torn_is_refused_and_left_alone",),
+    ),
+    Mutation(
+        "best-pt-never-a-resume-candidate",
+        "project",
+        "checkpoint.py",
+        "    names = [LAST, STEP_PATTERN, BEST]\n",
+        "    names = [LAST, STEP_PATTERN]\n",
+        (RESUME + "test_a_good_best_pt_newer_than_a_torn_last_pt_is_resumed",),
+    ),
+    Mutation(
+        "two-processes-train-one-run-folder",
+        "project",
+        "runs.py",
+        "            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)\n",
+        "            pass\n",
+        (RESUME + "test_a_run_folder_in_use_is_refused_and_freed_when_its_process_dies",),
+    ),
+    Mutation(
+        "validation-deaf-to-signals",
+        "project",
+        "train.py",
+        "        if stop is not None and stop.received:\n            break\n",
+        "",
+        (RESUME + "test_a_signal_during_validation_stops_it_and_the_epoch_is_validated_on_resume",),
+    ),
+    Mutation(
+        "fewer-processes-keep-the-micro-batches",
+        "project",
+        "options.py",
+        "    args.grad_accum_steps = micro_batches // world_size\n",
+        "",
+        (
+            RESUME + "test_fewer_processes_keep_the_global_batch_and_more_are_refused_when_they_"
+            "cannot",
+            RESUME + "test_a_run_of_two_processes_continues_on_one_with_the_same_schedule",
+        ),
+    ),
+    Mutation(
+        "outputs-replace-a-runs-files",
+        "project",
+        "runs.py",
+        "        if fnmatch.fnmatch(name, pattern) and run_files(run):\n",
+        "        if False:\n",
+        (
+            "tests/test_export.py::test_an_output_that_would_replace_a_file_of_the_run_is_refused",
+            "tests/test_predict.py::test_an_output_that_would_replace_a_file_of_the_run_is_refused",
+        ),
+    ),
+    Mutation(
+        "cache-build-deaf-to-signals",
+        "project",
+        "cache.py",
+        "            number = signals.requested()\n            if number:",
+        "            number = signals.requested()\n            if False:",
+        ("tests/test_cache.py::test_ctrl_c_during_a_build_stops_it_and_keeps_nothing",),
+    ),
+    Mutation(
+        "cache-trusts-a-file-replaced-with-its-size-and-time",
+        "project",
+        "cache.py",
+        '    if manifest.get("replaced") != expected.get("replaced"):',
+        "    if False:",
+        ("tests/test_cache.py::test_an_image_replaced_with_its_old_size_and_time_rebuilds",),
+    ),
+    Mutation(
+        "options-checked-after-torch-loads",
+        "project",
+        "train.py",
+        "    check_quickly(sys.argv[1:])\n",
+        "    pass\n",
+        (RUNS + "test_a_mistyped_number_is_answered_before_torch_is_imported",),
+    ),
+    # Sweeps that survive any interruption (tests/test_sweep.py).
+    Mutation(
+        "torn-journal-line-kept",
+        "project",
+        "sweep.py",
+        "            file.truncate(end)\n",
+        "            file.truncate(size)\n",
+        (SWEEP + "test_a_torn_last_journal_line_is_cut_off_before_the_study_opens",),
+    ),
+    Mutation(
+        "orphaned-trials-not-taken-over",
+        "project",
+        "sweep.py",
+        'if trial.state == running and owner_state(trial.user_attrs.get("owner")) == "gone":',
+        'if trial.state == running and owner_state(trial.user_attrs.get("owner")) == "elsewhere":',
+        (SWEEP + "test_kill_9_of_run_mid_trial_then_run_again_finishes_each_trial_once_exactly",),
+    ),
+    Mutation(
+        "interrupted-trials-start-over",
+        "project",
+        "sweep.py",
+        'f"--output-dir={run_dir}", "--resume=auto"]',
+        'f"--output-dir={run_dir}", "--overwrite"]',
+        (SWEEP + "test_kill_9_of_run_mid_trial_then_run_again_finishes_each_trial_once_exactly",),
     ),
     Mutation(
         "new-force-overwrites-uncommitted-edits",

@@ -1,15 +1,18 @@
 """The baseline: the plainest PyTorch loop that trains the same thing as a generated train.py.
 
 Same model (the project's own model.build_model, seeded as train.py seeds it), same optimizer
-(SGD, lr 0.01, momentum 0.9, weight decay 1e-4: train.py's defaults), same batch size, a plain
+(train.py's defaults: SGD, lr 0.01, momentum 0.9, weight decay 1e-4 in a classification project;
+AdamW, lr 0.001, weight decay 1e-4 in a segmentation one), same batch size, a plain
 torch DataLoader over the same dataset, the same number of optimizer steps; with --amp and
 --channels-last the same autocast, GradScaler and memory format. The same essential work on the
 data too: the datasets yield uint8 images, and both loops convert and normalize whole batches on
 the training device with the same three operators (to float, multiply, subtract), as the
 project's pipeline.Preprocess does without --augment. The loss is the same cross-entropy, written
-in place: where the generated loop goes through task.prepare and task.loss (the task module of a
-classification project), this one stays a plain PyTorch loop. Nothing else: no progress bar, no
-metrics, no running loss, no LR schedule, no validation, no checkpoint, no hooks.
+in place: where the generated loop goes through task.prepare and task.loss (the task module of the
+project), this one stays a plain PyTorch loop; for a segmentation project (batches of images and
+masks) the per-pixel cross-entropy that skips the ignore value 255, nn.CrossEntropyLoss's own.
+Nothing else: no progress bar, no metrics, no running loss, no LR schedule, no validation, no
+checkpoint, no hooks.
 
 As a script (for peak-RSS measurements, figure 6):
 
@@ -26,8 +29,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 MEAN, STD = 0.5, 0.5  # the project's pipeline.MEAN and STD
+IGNORE_INDEX = 255  # a segmentation project's pipeline.IGNORE_INDEX: mask pixels no loss counts
 # train.py's SGD defaults (tests/test_benchmarks.py checks them against a generated options.py)
 LR, MOMENTUM, WEIGHT_DECAY = 0.01, 0.9, 1e-4
+ADAMW_LR = 0.001  # and with --optimizer adamw, a segmentation project's default
 
 
 class DataOptions(argparse.Namespace):
@@ -66,18 +71,23 @@ def bare_train(
     device: str = "cpu",
     amp: bool = False,
     channels_last: bool = False,
+    optimizer_name: str = "sgd",
 ) -> None:
-    """`steps` optimizer steps of `model` over `loader` (epochs repeat as needed)."""
+    """`steps` optimizer steps of `model` over `loader` (epochs repeat as needed). Its batches are
+    (images, labels), or (images, masks) for a segmentation model: the loss is the same."""
     device = torch.device(device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as train.py does
     memory_format = torch.channels_last if channels_last else torch.preserve_format
     model.to(device, memory_format=memory_format)
     model.train()
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY
-    )
-    criterion = nn.CrossEntropyLoss()
+    if optimizer_name == "adamw":
+        optimizer = torch.optim.AdamW(model.parameters(), lr=ADAMW_LR, weight_decay=WEIGHT_DECAY)
+    else:
+        optimizer = torch.optim.SGD(
+            model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY
+        )
+    criterion = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)  # no label is 255 but in masks
     scaler = torch.amp.GradScaler(device.type) if amp and device.type == "cuda" else None
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
     step = 0

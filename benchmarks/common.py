@@ -462,6 +462,24 @@ def in_memory_datasets(torch, dataset, size: int, val_size: int) -> tuple:
     return dataset.InMemoryImages(train_x, train_y), dataset.InMemoryImages(val_x, val_y)
 
 
+def in_memory_masks(torch, size: int, val_size: int, classes: int = 10, image_size: int = 32):
+    """What a segmentation project's datasets yield, held in tensors: random uint8 images with
+    int64 masks of random 4x4-pixel blocks of class indices (the same on every process), as
+    TensorDatasets: (train, val)."""
+    from torch.utils.data import TensorDataset
+
+    generator = torch.Generator().manual_seed(1234)
+    total = size + val_size
+    images = torch.randint(
+        0, 256, (total, 3, image_size, image_size), generator=generator, dtype=torch.uint8
+    )
+    blocks = torch.randint(
+        0, classes, (total, image_size // 4, image_size // 4), generator=generator
+    )
+    masks = blocks.repeat_interleave(4, dim=1).repeat_interleave(4, dim=2)
+    return TensorDataset(images[:size], masks[:size]), TensorDataset(images[size:], masks[size:])
+
+
 def spread(values: list[float]) -> str:
     """The quartiles of `values`, '0.970-1.010' (the values themselves when there are few)."""
     if len(values) < 4:

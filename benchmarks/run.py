@@ -49,7 +49,8 @@ FIGURES = {
     8: ("predict.py throughput", prediction),
     9: ("Experiment trackers", trackers),
 }
-KEPT_SECTIONS = ["losses at default flags"]  # written by first_losses.py, kept by every run
+# Written by first_losses.py, and by hand from `time make demo` in a fresh clone: kept by every run.
+KEPT_SECTIONS = ["losses at default flags", "make demo"]
 HEADER = ["#", "measurement", "scaffold / generated", "baseline", "ratio", "target", "result"]
 
 
@@ -87,14 +88,19 @@ def cuda_available() -> bool:
 
 
 def render_projects(work: Path) -> dict[str, Path]:
-    """The projects the training figures run: the default one (hooks on) and a --ddp one."""
+    """The projects the training figures run: the default one (hooks on), a --ddp one, and a
+    segmentation one (figure 3's U-Net)."""
     from scaffold.options import NewProject
     from scaffold.render import create_project
 
     projects = {}
-    for key, ddp_on in (("plain", False), ("ddp", True)):
+    for key, task, model, ddp_on in (
+        ("plain", "classification", "lenet", False),
+        ("ddp", "classification", "lenet", True),
+        ("segmentation", "segmentation", "unet", False),
+    ):
         dest = work / f"proj_{key}"
-        create_project(NewProject(dest=dest, model="lenet", ddp=ddp_on), git=False)
+        create_project(NewProject(dest=dest, task=task, model=model, ddp=ddp_on), git=False)
         projects[key] = dest
     return projects
 

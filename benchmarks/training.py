@@ -49,6 +49,14 @@ fsync) is timed in short runs of train.py one at a time, outside the sessions.
 Data: all loops read the same in-memory tensors (the project's dataset.InMemoryImages, swapped in
 for train.build_datasets) with --workers 0, so that image decoding does not hide the loop's own
 cost; figure 4 measures the data pipeline by itself.
+
+Segmentation: the same comparison for a segmentation project (scaffold new --task segmentation
+--model unet), CPU only: the U-Net (0.5M parameters, 10 classes) on 32x32 images, each with its
+int64 mask (random 4x4-pixel blocks of class indices; common.in_memory_masks, TensorDatasets
+swapped in as above). train.py runs as generated, through the segmentation task.py (task.prepare
+moves each mask with its image, task.loss is the per-pixel cross-entropy over the pixels that are
+not 255, the optimizer AdamW, a segmentation project's default); the bare loop trains the same
+U-Net with nn.CrossEntropyLoss(ignore_index=255) and the same AdamW.
 """
 
 from __future__ import annotations
@@ -69,6 +77,7 @@ from common import (  # noqa: E402
     check,
     gpu_flags,
     in_memory_datasets,
+    in_memory_masks,
     median,
     rate,
     run_worker,
@@ -89,12 +98,14 @@ HOOKS = ["--hooks", "activations,gradients"]
 FULL = {
     ("lenet", "cpu"): (32, 221, 20, 4),
     ("resnet18", "cpu"): (32, 36, 5, 2),
+    ("unet", "cpu"): (32, 36, 5, 3),
     ("lenet", "cuda"): (32, 420, 20, 7),
     ("resnet18", "cuda"): (32, 220, 20, 5),
 }
 QUICK = {
     ("lenet", "cpu"): (32, 31, 10, 1),
     ("resnet18", "cpu"): (32, 12, 1, 1),
+    ("unet", "cpu"): (32, 12, 1, 1),
     ("lenet", "cuda"): (32, 120, 20, 1),
     ("resnet18", "cuda"): (32, 60, 20, 1),
 }
@@ -108,6 +119,9 @@ VARIANTS = {
     "no logged steps, no bar, no scheduler": (NEVER + ["--lr-scheduler", "none"], True),
 }
 MAIN = ["default", "hooks"]
+# model -> the project it trains in (run.render_projects); each device's models, in order
+PROJECTS = {"lenet": "plain", "resnet18": "plain", "unet": "segmentation"}
+MODELS = {"cpu": ("lenet", "resnet18", "unet"), "cuda": ("lenet", "resnet18")}
 TARGETS = {"default": 0.98, "hooks": 0.90}
 # piece -> (variant with it, variant without it): its cost per step is the difference
 PIECES = {
@@ -143,8 +157,10 @@ def measure(ctx: Context) -> list[Row]:
     rows = []
     for device in ("cpu", "cuda"):
         label = "CPU" if device == "cpu" else "CUDA --amp --channels-last"
-        for model in ("lenet", "resnet18"):
+        for model in MODELS[device]:
             batch, steps, warmup, reps = (QUICK if ctx.quick else FULL)[(model, device)]
+            project = PROJECTS[model]
+            data_name = "synthetic" if project == "segmentation" else "fake"
             name = f"{model}, {label}, batch {batch}"
             if device not in ctx.devices:
                 reason = NO_GPU if device == "cuda" and not ctx.cuda_available else "--device"
@@ -164,11 +180,13 @@ def measure(ctx: Context) -> list[Row]:
                 variants = MAIN
             ctx.log(f"training loop: {model} on {device}, {reps} x {steps} steps, {variants}")
             flags = " ".join(gpu_flags(device))
+            where = " (segmentation project; images and masks)" if project != "plain" else ""
             ctx.record(
                 3,
-                f"in-process train.main(): --model {model} --dataset fake --batch-size {batch} "
-                f"--workers 0 --epochs 1 --max-steps {steps} --device {device} {flags} "
-                "[--hooks activations,gradients] --output-dir $WORK/... (datasets: in-memory)",
+                f"in-process train.main(): --model {model} --dataset {data_name} --batch-size "
+                f"{batch} --workers 0 --epochs 1 --max-steps {steps} --device {device} {flags} "
+                "[--hooks activations,gradients] --output-dir $WORK/... (datasets: in-memory)"
+                + where,
             )
             ctx.record(
                 3,
@@ -178,7 +196,8 @@ def measure(ctx: Context) -> list[Row]:
             result = run_worker(
                 "training",
                 {
-                    "project": str(ctx.projects["plain"]),
+                    "project": str(ctx.projects[project]),
+                    "segmentation": project == "segmentation",
                     "model": model,
                     "device": device,
                     "batch": batch,
@@ -323,7 +342,14 @@ def worker(config: dict) -> dict:
     model_name, device = config["model"], config["device"]
     batch, steps, warmup = config["batch"], config["steps"], config["warmup"]
     cuda = device == "cuda"
-    train_set, val_set = in_memory_datasets(torch, dataset, batch * steps, batch * 2)
+    optimizer = "sgd"  # train.py's default in a classification project
+    if config.get("segmentation"):
+        train_set, val_set = in_memory_masks(torch, batch * steps, batch * 2)
+        data_flags = ["--dataset", "synthetic", "--synthetic-size", str(batch * steps)]
+        optimizer = "adamw"  # and in a segmentation one
+    else:
+        train_set, val_set = in_memory_datasets(torch, dataset, batch * steps, batch * 2)
+        data_flags = ["--dataset", "fake", "--fake-size", str(batch * steps)]
     train.build_datasets = lambda args: (train_set, val_set)
 
     # The progress bar: train.py shows it only when stderr is a terminal, which a worker's is
@@ -359,7 +385,7 @@ def worker(config: dict) -> dict:
         local.no_bar = no_bar
         out = tempfile.mkdtemp(dir=scratch)
         train.main([
-            "--model", model_name, "--dataset", "fake", "--fake-size", str(batch * steps),
+            "--model", model_name, *data_flags,
             "--batch-size", str(batch), "--workers", "0", "--epochs", "1",
             "--max-steps", str(n_steps), "--device", device, "--output-dir", out,
             *gpu_flags(device), *flags,
@@ -369,7 +395,7 @@ def worker(config: dict) -> dict:
         torch.manual_seed(0)
         model = build_model(model_name, 10, 3, 32)
         loader = plain_loader(train_set, batch, 0, cuda)
-        bare_train(model, loader, n_steps, device, cuda, cuda)
+        bare_train(model, loader, n_steps, device, cuda, cuda, optimizer)
 
     def run(kind: str, n_steps: int) -> None:
         if kind in ("bare", "again"):

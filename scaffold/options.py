@@ -43,12 +43,12 @@ MAX_IMAGE_SIZE = 4096
 # distributions of one name), so these names are refused. Spelled as pip and Python spell them.
 DEPENDENCIES = (
     "torch torchvision tqdm numpy pillow pyyaml yaml matplotlib tensorboard mlflow wandb onnx "
-    "onnxruntime onnxscript pytest black ruff typer copier"
+    "onnxruntime onnxscript optuna pytest black ruff typer copier"
 ).split()
 # tests/test_options.py checks that every top-level module the template writes is here.
 PROJECT_MODULES = (
     "train options model dataset cache checkpoint distributed hooks summary plot compare predict "
-    "export loggers runs tests conftest task pipeline finetune shapes files signals records"
+    "export loggers runs tests conftest task pipeline finetune shapes files signals records sweep"
 ).split()
 
 

@@ -20,7 +20,10 @@ How it fits together:
 - `--set KEY=VALUE` re-renders the project with a new answer (even at the same version): how a
   project gains DDP or the VS Code config after the fact.
 - Copier exits 0 even when conflicts remain; they are found here (unmerged index entries,
-  *.rej files) and turned into exit code 1.
+  *.rej files) and turned into exit code 1. Inline conflicts are first merged again with git's
+  own merge and named (scaffold.conflicts): each block says which of the user's edits it holds
+  and where that code is now, from the "What moved where" tables of the template's CHANGELOG.md,
+  and the update prints the same for every edit of each conflicted file.
 - `--dry-run` runs the very same update in a throwaway clone (`git clone --shared`) and reports.
 """
 
@@ -117,6 +120,7 @@ class Outcome:
     changes: list[tuple[str, str]]  # (verb, path relative to the project root), sorted by path
     conflicts: list[str]
     skipped: list[str]  # labels not updated because an earlier one left conflicts
+    notes: list[str] = field(default_factory=list)  # where the edits in conflicted files belong
 
 
 # ---- reading a project ----------------------------------------------------------------------
@@ -360,6 +364,8 @@ def update_project(
         echo(f"{DRY_RUN_VERBS[verb] if dry_run else verb:>14}  {path}")
     if outcome.skipped:
         echo(f"not updated yet: {', '.join(outcome.skipped)} (after the conflicts are resolved)")
+    for line in outcome.notes:
+        echo(line)
     if outcome.conflicts:
         files = ", ".join(outcome.conflicts)
         if dry_run:
@@ -411,6 +417,7 @@ def apply_plans(root: Path, top: Path, plans: list[Plan], conflict: str) -> Outc
     temporary = False
     conflicts: list[str] = []
     skipped: list[str] = []
+    notes: list[str] = []
     try:
         for index, plan in enumerate(plans):
             if index:
@@ -422,6 +429,8 @@ def apply_plans(root: Path, top: Path, plans: list[Plan], conflict: str) -> Outc
                 commit(top, "scaffold update: temporary commit")
                 temporary = True
             run_copier_update(root, plan, conflict)
+            if conflict == "inline":
+                notes += name_conflicts(root, top, plan, find_conflicts(root, top))
             conflicts = find_conflicts(root, top)
     finally:
         if temporary:
@@ -433,7 +442,33 @@ def apply_plans(root: Path, top: Path, plans: list[Plan], conflict: str) -> Outc
             unstage = [path for path in kept if path and path not in unmerged]
             if unstage:
                 git(["reset", "--quiet", head, "--", *unstage], top)
-    return Outcome(changed_files(root, top), conflicts, skipped)
+    return Outcome(changed_files(root, top), conflicts, skipped, notes)
+
+
+def name_conflicts(root: Path, top: Path, plan: Plan, paths: list[str]) -> list[str]:
+    """Merge each conflicted file again and name its conflicts (scaffold.conflicts); return the
+    lines to print about the edits in the files still in conflict."""
+    from scaffold import conflicts
+
+    folder = getattr(plan.source, "folder", None)
+    changelog = Path(folder, "template", "CHANGELOG.md") if folder else None
+    try:
+        moves = conflicts.read_moves(changelog.read_text(encoding="utf-8")) if changelog else []
+    except (OSError, UnicodeDecodeError):
+        moves = []
+    lines = []
+    for path in paths:
+        try:
+            report = conflicts.improve_file(
+                root, top, path, moves, plan.answers.version, plan.target
+            )
+            if report and report.edits:
+                lines += conflicts.report_lines(report, root, plan.target)
+        except ScaffoldError:
+            raise
+        except Exception:  # naming the conflicts only helps: the file keeps its markers anyway
+            continue
+    return lines
 
 
 def run_copier_update(root: Path, plan: Plan, conflict: str) -> None:

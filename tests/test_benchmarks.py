@@ -30,6 +30,7 @@ EXPECTED = {
     "--cache: building the cache of": "",
     "--cache: size on disk": "",
     "--cache: opening the built cache": "",
+    "--cache: noticing replaced files (inode and ctime checked too)": "<= 1.1",
     "loader alone, --cache vs PNG ImageFolder (today's path), --workers 0": ">= 10",
     "loader alone, --cache vs PNG ImageFolder (today's path), --workers 2": ">= 10",
     "loader alone, --cache vs in-memory tensors, --workers 0": ">= 0.5",
@@ -216,6 +217,26 @@ def test_the_bare_loop_trains_with_train_py_optimizer_defaults(lenet_project):
     assert result.returncode == 0, result.stderr[-3000:]
     defaults = json.loads(result.stdout.strip().splitlines()[-1])
     assert defaults == ["sgd", bare_loop.LR, bare_loop.MOMENTUM, bare_loop.WEIGHT_DECAY]
+
+
+def test_the_bare_loop_trains_a_segmentation_model_with_its_optimizer_defaults(tmp_path):
+    """Figure 3's U-Net row: a segmentation project trains with AdamW by default, and so does the
+    bare loop there."""
+    import bare_loop
+
+    from scaffold.options import NewProject
+    from scaffold.render import create_project
+
+    project = tmp_path / "seg"
+    create_project(NewProject(dest=project, task="segmentation", model="unet"), git=False)
+    probe = "import json, options; a = options.parse_args([]); "
+    probe += "print(json.dumps([a.optimizer, a.lr, a.weight_decay]))"
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=project, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    defaults = json.loads(result.stdout.strip().splitlines()[-1])
+    assert defaults == ["adamw", bare_loop.ADAMW_LR, bare_loop.WEIGHT_DECAY]
 
 
 # ---- operators and synchronisations per step ---------------------------------------------------

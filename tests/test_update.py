@@ -12,6 +12,7 @@ this interpreter imports: the source tree, or a wheel installed into a fresh ven
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -637,6 +638,8 @@ OPTIMIZER_LINE = (
 )
 LOOP_LINE = "            epoch_loss += loss.detach()\n"  # 0.1.0's loop, rewritten in 0.2.0
 LOSS_LINE = "                        loss = criterion(model(images), labels)\n"  # task.py in 0.3.0
+EPOCHS_LINE = '    optim.add_argument("--epochs", type=int, default=10)\n'  # options.py since 0.2.0
+STEP_LINE = "            scaler.step(optimizer)\n"  # 0.1.0's train(); train_one_epoch() since 0.2.0
 
 
 def release_bundles(base: Path, version: str) -> Path:
@@ -766,3 +769,154 @@ def test_a_0_2_0_edit_of_the_loss_that_moved_to_task_py_is_a_conflict(
     )
     train = (project / "train.py").read_text()
     assert "<<<<<<< before updating" in train and edited in train
+    # The conflict, and the summary printed, say where the loss is now (CHANGELOG.md's table).
+    loss = f"task.py loss() (line {definition_line(project / 'task.py', 'loss')})"
+    assert f"<<<<<<< before updating: your edit to train_one_epoch() belongs in {loss}\n" in train
+    assert f"      -> the loss: {loss}" in result.stdout.splitlines()
+
+
+def definition_line(path: Path, name: str) -> int:
+    """The line of `def NAME(` in the file, which must have exactly one."""
+    lines = path.read_text().splitlines()
+    found = [number for number, line in enumerate(lines, 1) if line.startswith(f"def {name}(")]
+    assert len(found) == 1, f"{path.name} defines {name} {len(found)} times"
+    return found[0]
+
+
+def defined_at(project: Path, file: str, name: str) -> str:
+    """How the update names a function's place: "options.py parse_args() (line 74)"."""
+    return f"{file} {name}() (line {definition_line(project / file, name)})"
+
+
+def conflict_blocks(lines: list[str]) -> list[tuple[str, list[str], list[str]]]:
+    """(first marker line, side before updating, side after updating) of each conflict."""
+    blocks = []
+    for index, line in enumerate(lines):
+        if line.startswith("<<<<<<<"):
+            middle = lines.index("=======", index)
+            end = next(i for i in range(middle, len(lines)) if lines[i].startswith(">>>>>>>"))
+            blocks.append((line, lines[index + 1 : middle], lines[middle + 1 : end]))
+    return blocks
+
+
+def after_updating(lines: list[str]) -> str:
+    """The file with each conflict resolved to its side after updating."""
+    kept, side = [], None
+    for line in lines:
+        if line.startswith("<<<<<<<"):
+            side = "before"
+        elif line == "=======" and side == "before":
+            side = "after"
+        elif line.startswith(">>>>>>>") and side == "after":
+            side = None
+        elif side != "before":
+            kept.append(line)
+    return "\n".join(kept) + "\n"
+
+
+def test_three_edits_to_a_0_1_0_train_py_end_in_conflicts_that_say_where_the_code_is(
+    releases, home, tmp_path
+):
+    """Issue 26: an optimizer change, a changed default and a line added to the training loop.
+    Between 0.1.0 and now train.py was split up (options.py, train_one_epoch(), ...): the edit to
+    build_optimizer(), which did not move, merges; each of the others is in a conflict of its own
+    whose marker names the file and function where that code is now, and the update prints the
+    same for every edit, with the line of the file where the edit is."""
+    optimizer = OPTIMIZER_LINE.replace("lr=args.lr,", "lr=args.lr, betas=(0.9, 0.95),")
+    epochs = EPOCHS_LINE.replace("default=10", "default=30")
+    clip = "            nn.utils.clip_grad_value_(model.parameters(), 1.0)  # my clipping\n"
+    project = new_project(tmp_path, home, releases.v1)
+    assert answers(project)["_commit"] == "v0.1.0"
+    replace_once(project / "train.py", OPTIMIZER_LINE, optimizer)
+    replace_once(project / "train.py", EPOCHS_LINE, epochs)
+    replace_once(project / "train.py", STEP_LINE, clip + STEP_LINE)
+    commit_all(project, "My optimizer, my default, my clipping")
+
+    result = scaffold_cli("update", cwd=project, env=environment(home, releases.v2))
+    assert result.returncode == 1, result.stderr
+    assert result.stderr == (
+        "error: conflicts in train.py: resolve the <<<<<<< markers, then commit\n"
+    )
+    options_at = defined_at(project, "options.py", "parse_args")
+    optimizer_at = defined_at(project, "train.py", "build_optimizer")
+    loop_at = defined_at(project, "train.py", "train_one_epoch")
+    lines = (project / "train.py").read_text().splitlines()
+    blocks = conflict_blocks(lines)
+    assert [marker for marker, _, _ in blocks] == [
+        f"<<<<<<< before updating: your edit to parse_args() belongs in {options_at}",
+        f"<<<<<<< before updating: your edit to train() belongs in {loop_at}",
+    ]
+    # Each block holds its edit, in 0.1.0 code that train.py no longer has, against nothing.
+    assert epochs.rstrip("\n") in blocks[0][1] and blocks[0][2] == []
+    assert clip.rstrip("\n") in blocks[1][1] and blocks[1][2] == []
+    # The optimizer edit merged into build_optimizer(), outside any conflict.
+    start = definition_line(project / "train.py", "build_optimizer")
+    end = next(i for i in range(start, len(lines)) if lines[i].startswith(("def ", "class ")))
+    assert optimizer.rstrip("\n") in lines[start:end]
+
+    # The summary: each edit, its line in train.py now, and where its code is.
+    printed = result.stdout.splitlines()
+    version = scaffold.__version__
+    assert (
+        f'train.py: your edits, and where that code is in template {version} (CHANGELOG.md, "What '
+        'moved where"):'
+    ) in printed
+    for edit, state, name, where in [
+        (epochs, "conflict", "parse_args", f"the options, their checks and defaults: {options_at}"),
+        (optimizer, "merged", "build_optimizer", f"the optimizer: {optimizer_at}"),
+        (clip, "conflict", "train", f"the training loop: {loop_at}"),
+    ]:
+        found = [number for number, line in enumerate(printed) if f" ({state}) {name}(): " in line]
+        assert len(found) == 1, result.stdout
+        at = re.match(r"  train\.py:(\d+) ", printed[found[0]])
+        assert at and lines[int(at.group(1)) - 1] == edit.rstrip("\n"), printed[found[0]]
+        assert printed[found[0] + 1] == f"      -> {where}"
+
+    # Once each edit is made where its code is now, keeping the side after updating of every
+    # conflict leaves the new template's train.py with the optimizer edit in it.
+    resolved = after_updating(lines)
+    ast.parse(resolved)
+    assert resolved == git("show", ":3:train.py", cwd=project).replace(OPTIMIZER_LINE, optimizer)
+
+
+def test_the_what_moved_where_tables_name_places_that_exist():
+    """Every place a row of CHANGELOG.md's tables names exists in its version: where the code
+    was, in the release before the one that moved it; where it is, in that release (this tree
+    for the coming one). `file.py` alone means the same names in that file."""
+    from scaffold.conflicts import read_moves, span
+
+    moves = read_moves((template_dir("project") / "template" / "CHANGELOG.md").read_text())
+    assert {move.version for move in moves} >= {"0.2.0", "0.3.0"}
+    commits: dict[str, str | None] = {**release.recorded_releases(ROOT)}
+    commits.setdefault(scaffold.__version__, None)  # the coming release: this tree
+    versions = list(commits)
+    for move in moves:
+        before = versions[versions.index(move.version) - 1]
+        for version, places in ((before, move.old), (move.version, move.new)):
+            for place in places:
+                text = template_file(commits[version], place.file)
+                assert text is not None, f"{move.what}: template {version} has no {place.file}"
+                names = [place.name] if place.name else [old.name for old in move.old]
+                for name in names:
+                    found = span(text.splitlines(), name)
+                    assert found, f"{move.what}: template {version} has no {place.file} {name}"
+
+
+def template_file(commit: str | None, name: str) -> str | None:
+    """The project template's file that renders to `name` (train.py, hooks/base.py, ...) at the
+    release `commit`, or in this tree (None); None if it has none."""
+    folder = "templates/project/template"
+    if commit is None:
+        files = [path for path in (ROOT / folder).rglob("*") if path.is_file()]
+        paths = [path.relative_to(ROOT).as_posix() for path in files]
+    else:
+        if subprocess.run(["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=ROOT).returncode:
+            pytest.skip(f"this clone lacks the release commit {commit}: git fetch --unshallow")
+        paths = git("ls-tree", "-r", "--name-only", commit, folder, cwd=ROOT).splitlines()
+    for path in paths:
+        rendered = re.sub(r"\{%[^%]*%\}", "", path.removeprefix(folder + "/"))
+        if rendered.removesuffix(".jinja") == name:
+            if commit is None:
+                return (ROOT / path).read_text()
+            return git("show", f"{commit}:{path}", cwd=ROOT)
+    return None

@@ -64,13 +64,18 @@ ALWAYS = (
     "shapes.py",
     "signals.py",
     "summary.py",
+    "sweep.py",
+    "sweep.yaml",
     "train.py",
     "tests/conftest.py",
+    "tests/test_behaviour.py",
     "tests/test_cuda.py",
     "tests/test_loggers.py",
     "tests/test_plot.py",
     "tests/test_records.py",
+    "tests/test_resume.py",
     "tests/test_runs.py",
+    "tests/test_sweep.py",
     "tests/test_train.py",
 )
 # Keys: an on/off option, or "task=NAME" for the files of one task (each task has its own
@@ -96,6 +101,7 @@ FILES_BY_OPTION = {
     ),
     "ddp": (
         "scripts/slurm.sbatch",
+        "scripts/sweep.sbatch",
         "scripts/train_ddp.sh",
         "tests/test_cuda_ddp.py",
         "tests/test_ddp.py",

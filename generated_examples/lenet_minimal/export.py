@@ -4,7 +4,9 @@
     python export.py runs/RUN/best.pt --format exported     # torch.export's runs/RUN/best.pt2
     python export.py runs/RUN/best.pt --format onnx         # runs/RUN/best.onnx
 
-ONNX needs onnx, onnxscript and onnxruntime (`pip install -e '.[export]'`).
+ONNX needs onnx, onnxscript and onnxruntime (`pip install -e '.[export]'`). `--output FOLDER`
+writes FOLDER/best.torchscript.pt (the default name); an --output that would replace a file of a
+run, such as its last.pt or config.json, is refused.
 
 The exported model takes what pipeline.Preprocess returns, a float batch of normalized images of
 any batch size, and returns the task's output tensor (task.inference_model: logits for
@@ -25,6 +27,7 @@ import torch
 from torch import nn
 
 import files
+import runs
 import task
 from options import HelpFormatter, Parser, real
 from pipeline import MEAN, STD
@@ -64,7 +67,8 @@ def parse_args(argv=None):
     parser.add_argument("checkpoint", help="a checkpoint written by train.py, such as best.pt")
     parser.add_argument("--format", required=True, choices=list(FORMATS), help="what to write")
     parser.add_argument(
-        "--output", help="the exported model's path (default: beside the checkpoint)"
+        "--output",
+        help="the exported model's path, or a folder for it (default: beside the checkpoint)",
     )
     parser.add_argument(
         "--tolerance",
@@ -75,6 +79,9 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.output is None:
         args.output = default_output(args.checkpoint, args.format)
+    elif os.path.isdir(args.output) or args.output.endswith(("/", os.sep)):
+        name = os.path.basename(default_output(args.checkpoint, args.format))
+        args.output = os.path.join(args.output, name)
     problem = options_problem(args)
     if problem:
         parser.error(problem)
@@ -91,6 +98,10 @@ def options_problem(args) -> str | None:
         return f"checkpoint {args.checkpoint}: no such file"
     if os.path.abspath(args.output) == os.path.abspath(args.checkpoint):
         return f"--output {args.output} is the checkpoint itself: choose another path"
+    for path in (args.output, args.output + ".json"):  # the model, and its metadata
+        clash = runs.run_file_clash(path)
+        if clash:
+            return f"--output {args.output} {clash}: choose another path"
     folder = os.path.dirname(os.path.abspath(args.output))
     if not os.path.isdir(folder):
         return f"--output {args.output}: folder {folder} does not exist"

@@ -6,7 +6,9 @@ The model is built from the checkpoint's own options and weights, and every imag
 the pipeline that validation uses (task.input_transform, then pipeline.Preprocess on the
 device), so predictions match what train.py measured. What is written for each image is the
 task's (task.Predictions): one line each, with classes named as the checkpoint names them (a class
-index where it names none).
+index where it names none). Where the task writes one --output file, a folder means
+FOLDER/predictions.csv; an --output that would replace a file of a run (its checkpoints and
+records, runs.RUN_FILES) is refused.
 """
 
 import glob
@@ -22,6 +24,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 
 import checkpoint
 import distributed
+import runs
 import task
 from finetune import ModelError
 from model import build_model
@@ -29,6 +32,7 @@ from options import HelpFormatter, Parser, count
 from pipeline import DatasetError, Preprocess, build_loader, has_image_extension
 
 MODEL_OPTIONS = ("model", "num_classes", "in_channels", "image_size")  # what builds the model
+DEFAULT_FILE_NAME = "predictions"  # FOLDER/predictions.csv for an --output that is a folder
 EXPECTED_ERRORS = (checkpoint.CheckpointError, DatasetError, distributed.SetupError, OSError)
 
 
@@ -62,6 +66,8 @@ def parse_args(argv=None):
         "--skip-bad-images", action="store_true", help="skip unreadable images instead of stopping"
     )
     args = parser.parse_args(argv)
+    if args.output:
+        args.output = file_in_folder(args.output)
     args.images = find_images(args.paths)
     problem = options_problem(args)
     if problem:
@@ -73,6 +79,9 @@ def options_problem(args) -> str | None:
     """What makes these options unable to work (checked before the checkpoint is read)."""
     if not os.path.isfile(args.checkpoint):
         return f"checkpoint {args.checkpoint}: no such file"
+    clash = runs.run_file_clash(args.output) if args.output else None
+    if clash:
+        return f"--output {args.output} {clash}: choose another path"
     problem = task.predict_problem(args)
     if problem:
         return problem
@@ -84,6 +93,15 @@ def options_problem(args) -> str | None:
     if not args.images:
         return f"no images in {', '.join(args.paths)} (files ending {', '.join(IMG_EXTENSIONS)})"
     return None
+
+
+def file_in_folder(output: str) -> str:
+    """--output as the task takes it: where the task writes one file (classification's FILE.csv
+    or FILE.json, task.OUTPUT_SUFFIXES), a folder means the file FOLDER/predictions.csv in it."""
+    suffixes = getattr(task, "OUTPUT_SUFFIXES", None)  # a task that writes a folder has none
+    if suffixes and (os.path.isdir(output) or output.endswith(("/", os.sep))):
+        return os.path.join(output, DEFAULT_FILE_NAME + suffixes[0])
+    return output
 
 
 def find_images(paths: list[str]) -> list[str]:

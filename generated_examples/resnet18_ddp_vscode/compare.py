@@ -4,6 +4,7 @@ and of their curves.
     python train.py --seed 0 && python train.py --seed 1 && python train.py --seed 2
     python compare.py runs/*                  # a table, and runs/compare.png
     python compare.py runs/a-* runs/b-* --output both.png
+    python compare.py runs/sweeps/demo        # a sweep's trials, and runs/sweeps/demo/compare.png
 
 Runs are grouped by their settings (config.json, which train.py writes into every run folder),
 leaving out --seed, --output-dir and the options that do not change the training (--logger,
@@ -18,6 +19,7 @@ whose names hold a "/" (val_iou/3). Needs matplotlib for the figure (`pip instal
 """
 
 import argparse
+import glob
 import json
 import math
 import os
@@ -36,14 +38,32 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="a train.py --output-dir")
+    parser.add_argument(
+        "run_dirs", nargs="+", metavar="RUN_DIR", help="a train.py --output-dir, or a sweep folder"
+    )
     parser.add_argument("--output", help="the PNG to write (default: compare.png beside the runs)")
     parser.add_argument("--no-figure", action="store_true", help="print the table only")
     args = parser.parse_args(argv)
+    args.run_dirs = run_folders(args.run_dirs)
     if args.output is None:
         parent = os.path.dirname(os.path.normpath(args.run_dirs[0]))
         args.output = os.path.join(parent, "compare.png")
     return args
+
+
+def run_folders(paths: list[str]) -> list[str]:
+    """The run folders to compare: each path, or for a sweep's folder (sweep.py's
+    runs/sweeps/NAME, which holds sweep.json) every trial in it that has started."""
+    folders = []
+    for path in paths:
+        if not os.path.isfile(os.path.join(path, "sweep.json")):
+            folders.append(path)
+            continue
+        configs = sorted(glob.glob(os.path.join(path, "trial_*", "config.json")))
+        if not configs:
+            raise SystemExit(f"error: no trial of the sweep in {path} has started yet")
+        folders += [os.path.dirname(config) for config in configs]
+    return folders
 
 
 def read_config(run_dir: str) -> dict:

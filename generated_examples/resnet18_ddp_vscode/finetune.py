@@ -57,12 +57,20 @@ def replace_stem(model: nn.Module, in_channels: int) -> None:
     )
 
 
-def freeze(model: nn.Module, spec: str, head: str) -> list[str]:
-    """Freeze parameters: "none", "backbone" (all but the `head` prefix) or name globs."""
+def in_head(name: str, head: str | tuple[str, ...]) -> bool:
+    """Whether parameter `name` is in the head: `head` is the model's entry in model.HEADS, the
+    name of its head module, or a tuple of names for a model of several heads."""
+    heads = (head,) if isinstance(head, str) else head
+    return name.startswith(tuple(f"{module}." for module in heads))
+
+
+def freeze(model: nn.Module, spec: str, head: str | tuple[str, ...]) -> list[str]:
+    """Freeze parameters: "none", "backbone" (all but the head(s) `head`, see in_head) or name
+    globs."""
     if spec == "none":
         return []
     if spec == "backbone":
-        frozen = [n for n, _ in model.named_parameters() if not n.startswith(head + ".")]
+        frozen = [n for n, _ in model.named_parameters() if not in_head(n, head)]
     else:
         patterns = spec.split(",")
         frozen = [

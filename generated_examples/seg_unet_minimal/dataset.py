@@ -4,8 +4,14 @@ A sample is (uint8 image (channels, size, size), int64 mask (size, size)) at --i
 mask pixel holds the class index of its image pixel, or IGNORE_INDEX (255) where no loss or metric
 counts it. pipeline.py batches them, and augments and normalizes them on the device, moving each
 mask with its image. DATASETS lists the names --dataset takes: add your own lines there.
+
+With --cache, the datasets read from files (CACHEABLE) decode every image and mask once into
+uint8 arrays (cache.py) and read whole batches from them; their masks come as uint8 (class indices
+fit: 255 is IGNORE_INDEX), which task.prepare turns into int64 on the device. The checks of the
+masks run when the cache is built, and again only when a file or --num-classes changes.
 """
 
+import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -17,6 +23,7 @@ from torchvision import transforms
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 import shapes
+from cache import CacheError, cached
 from pipeline import IGNORE_INDEX, DatasetError, has_image_extension, image_checker
 
 
@@ -130,23 +137,47 @@ def folder_datasets(args, transform):
             "that DATA_DIR as --data-dir"
         )
     classes = folder_classes(data_dir, args.num_classes)
-    train_pairs = folder_pairs(train_dir, args.skip_bad_images)
+    # With --cache, the images are decoded (and so checked) when the cache is built.
+    verify = not args.cache
+    train_pairs = folder_pairs(train_dir, args.skip_bad_images, verify)
     if os.path.isdir(val_dir):
-        val_pairs = folder_pairs(val_dir, args.skip_bad_images)
-        check_pairs(train_pairs + val_pairs, args.num_classes)
+        val_pairs = folder_pairs(val_dir, args.skip_bad_images, verify)
+        if not args.cache:
+            check_pairs(train_pairs + val_pairs, args.num_classes)
         train = ImageMaskFiles(train_pairs, transform, classes)
-        return train, ImageMaskFiles(val_pairs, transform, classes)
-    check_pairs(train_pairs, args.num_classes)
+        val = ImageMaskFiles(val_pairs, transform, classes)
+        if args.cache:
+            train, val = cached_folder(train, "train", args), cached_folder(val, "val", args)
+        return train, val
+    if not args.cache:
+        check_pairs(train_pairs, args.num_classes)
     if len(train_pairs) < 2:
         raise DatasetError(
             f"{train_dir} has {len(train_pairs)} image: a 90/10 split needs 2 or more, or "
             f"give {val_dir} its own images and masks"
         )
     full = ImageMaskFiles(train_pairs, transform, classes)
+    if args.cache:
+        full = cached_folder(full, "all", args)
     val_size = max(len(full) // 10, 1)
     generator = torch.Generator().manual_seed(args.seed)
     train, val = random_split(full, [len(full) - val_size, val_size], generator)
     return train, val
+
+
+def cached_folder(files: ImageMaskFiles, split: str, args):
+    """`files` through the cache, its masks checked (check_pairs) only when it is built: the
+    cache is rebuilt when a file or --num-classes changes."""
+    digest = hashlib.sha1(os.path.abspath(args.data_dir).encode()).hexdigest()[:8]
+    return cached(
+        files,
+        [path for pair in files.pairs for path in pair],
+        f"folder-{split}-{digest}",
+        args,
+        masks=True,
+        key={"num_classes": args.num_classes},
+        before_build=lambda: check_pairs(files.pairs, args.num_classes, args.skip_bad_images),
+    )
 
 
 def folder_classes(data_dir: str, num_classes: int) -> list[str]:
@@ -164,9 +195,12 @@ def folder_classes(data_dir: str, num_classes: int) -> list[str]:
     return names
 
 
-def folder_pairs(split_dir: str, skip_bad_images: bool) -> list[tuple[str, str]]:
+def folder_pairs(
+    split_dir: str, skip_bad_images: bool, verify: bool = True
+) -> list[tuple[str, str]]:
     """(image, mask) paths of SPLIT/images/NAME.ext and SPLIT/masks/NAME.png, by stem; every
-    image needs its mask and every mask its image."""
+    image needs its mask and every mask its image. `verify`: open every image (image_checker),
+    unreadable ones stopping the run or, with `skip_bad_images`, left out."""
     image_dir, mask_dir = os.path.join(split_dir, "images"), os.path.join(split_dir, "masks")
     if not os.path.isdir(mask_dir):
         raise DatasetError(
@@ -200,7 +234,7 @@ def folder_pairs(split_dir: str, skip_bad_images: bool) -> list[tuple[str, str]]
                 f"mask {path} has no image {os.path.join(image_dir, stem)}.* (same name, any "
                 "image extension): rename it to its image's name or remove it"
             )
-    is_valid = image_checker(skip_bad_images)
+    is_valid = image_checker(skip_bad_images) if verify else has_image_extension
     pairs = [(images[stem], masks[stem]) for stem in images if is_valid(images[stem])]
     if not pairs:
         raise DatasetError(
@@ -210,21 +244,36 @@ def folder_pairs(split_dir: str, skip_bad_images: bool) -> list[tuple[str, str]]
     return pairs
 
 
-def check_pairs(pairs: list[tuple[str, str]], num_classes: int) -> None:
+def check_pairs(
+    pairs: list[tuple[str, str]], num_classes: int, skip_bad_images: bool = False
+) -> None:
     """Before training: every mask single-channel, of its image's size, and with no class index
-    of --num-classes or more (IGNORE_INDEX aside). Reads every mask once (in threads)."""
+    of --num-classes or more (IGNORE_INDEX aside). Reads every mask once (in threads). An image
+    that cannot be opened stops it too, unless `skip_bad_images` (the cache leaves it out)."""
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        found = list(pool.map(lambda pair: mask_problem(*pair, num_classes), pairs))
+        found = list(
+            pool.map(lambda pair: mask_problem(*pair, num_classes, skip_bad_images), pairs)
+        )
     problems = [problem for problem in found if problem]
     if problems:
         raise DatasetError(problems[0])
 
 
-def mask_problem(image_path: str, mask_path: str, num_classes: int) -> str | None:
+def mask_problem(
+    image_path: str, mask_path: str, num_classes: int, skip_bad_images: bool = False
+) -> str | None:
     """What is wrong with one mask, or None."""
     try:
         with Image.open(image_path) as image:
             image_size = image.size
+    except (OSError, SyntaxError) as error:  # what PIL raises for unreadable files
+        if skip_bad_images:
+            return None
+        return (
+            f"cannot read image {image_path} ({error}): fix or delete it, or pass "
+            "--skip-bad-images"
+        )
+    try:
         with Image.open(mask_path) as mask:
             if mask.mode not in ("L", "P"):
                 return (
@@ -301,13 +350,18 @@ def voc_datasets(args, transform):
                         f"{path} is missing ({listing} lists it): the VOC 2012 files are "
                         "incomplete; unpack VOCtrainval_11-May-2012.tar again"
                     )
-        splits.append(ImageMaskFiles(pairs, transform, VOC_CLASSES))
+        files = ImageMaskFiles(pairs, transform, VOC_CLASSES)
+        if args.cache:
+            digest = hashlib.sha1(os.path.abspath(root).encode()).hexdigest()[:8]
+            sources = [path for pair in pairs for path in pair]
+            files = cached(files, sources, f"voc-{split}-{digest}", args, masks=True)
+        splits.append(files)
     return splits[0], splits[1]
 
 
 # --dataset NAME -> builder(args, transform) -> (train_set, val_set); `transform` turns a PIL
 # image and its PIL mask into the tensors a sample is made of (PairTransform).
-CACHEABLE = ()  # --cache is not yet for segmentation: it keeps decoded images, not their masks
+CACHEABLE = ("folder", "voc")  # the datasets --cache can keep decoded, images and masks
 DATASETS = {
     "synthetic": synthetic_datasets,
     "folder": folder_datasets,
@@ -340,7 +394,10 @@ def build_datasets(args) -> tuple[Dataset, Dataset]:
             f"unknown dataset {args.dataset!r}; choose one of: {', '.join(DATASETS)}"
         )
     transform = PairTransform(args.in_channels, args.image_size)
-    return DATASETS[args.dataset](args, transform)
+    try:
+        return DATASETS[args.dataset](args, transform)
+    except CacheError as error:
+        raise DatasetError(str(error)) from None
 
 
 def class_names(dataset: Dataset) -> list[str] | None:

@@ -114,14 +114,16 @@ def model_image_size_problem(name: str, image_size: int) -> str | None:
     return None
 
 
-# The segmentation head of each model, by parameter-name prefix: trained when the backbone is
-# frozen. (torchvision's auxiliary head, "aux_classifier", counts as backbone there.)
+# The segmentation head(s) of each model, by parameter-name prefix: what --freeze backbone leaves
+# training and --backbone-lr-mult leaves at --lr (finetune.in_head). torchvision's auxiliary head,
+# "aux_classifier", is a head: its loss is part of the training loss (task.py), and torchvision's
+# reference training trains it at the head's learning rate.
 HEADS = {
     "unet": "head",
     "lraspp_mobilenet_v3_large": "classifier",
-    "deeplabv3_mobilenet_v3_large": "classifier",
-    "fcn_resnet50": "classifier",
-    "deeplabv3_resnet50": "classifier",
+    "deeplabv3_mobilenet_v3_large": ("classifier", "aux_classifier"),
+    "fcn_resnet50": ("classifier", "aux_classifier"),
+    "deeplabv3_resnet50": ("classifier", "aux_classifier"),
 }
 
 

@@ -1,5 +1,8 @@
 """train.py's command line: every option with its default and its check, and --config files.
 
+This module imports the project's other modules (which load torch) only where it uses them, so
+that train.py can check its command line first (check_quickly).
+
 Every option is checked when it is parsed (ranges, files, folders, what the model and dataset
 can take), so that a run that cannot work stops before it writes anything, with one line:
 `error: ... (see python train.py --help)` and exit code 2.
@@ -11,10 +14,10 @@ import math
 import os
 import sys
 
-import runs
-from dataset import CACHEABLE, DATASETS, DATASETS_HELP, dataset_channels_problem
-from loggers import TRACKERS, trackers_problem
-from model import MODEL_NAMES, model_image_size_problem
+# Larger images would not fit in memory with any model here (scaffold new's limit too); a seed
+# must fit numpy's generator (below 2**32) with a process's rank and the epoch added to it.
+MAX_IMAGE_SIZE = 4096
+MAX_SEED = 2**31 - 1
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -34,8 +37,8 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see python {self.prog} --help)\n")
 
 
-def count(minimum: int):
-    """An argparse type: a whole number of at least `minimum`."""
+def count(minimum: int, maximum: int | None = None):
+    """An argparse type: a whole number of at least `minimum` (and at most `maximum`)."""
 
     def parse(text: str) -> int:
         try:
@@ -44,6 +47,8 @@ def count(minimum: int):
             raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {maximum}, got {value}")
         return value
 
     return parse
@@ -68,7 +73,47 @@ def real(low: float, high: float = math.inf, low_inclusive: bool = True):
     return parse
 
 
+def check_quickly(arguments: list[str]) -> None:
+    """Check what the command line says without the project's modules, which load torch (seconds):
+    a mistyped number or a value out of range answers at once, before train.py imports them.
+    Exits 2 with parse_args's one line; parse_args checks everything else."""
+    if not {"-h", "--help"} & set(arguments):
+        build_parser(with_catalog=False).parse_known_args(arguments)
+
+
 def parse_args(argv=None):
+    parser = build_parser()
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(arguments)
+    if args.config:
+        arguments = [*config_arguments(args.config, parser), *arguments]
+        args = parser.parse_args(arguments)
+    if args.resume:
+        continue_run(parser, args, given_options(parser, arguments))
+    if args.lr is None:
+        # Higher SGD rates made the loss of 6 of the 9 catalog models jump above 2 x ln(classes)
+        # in the first steps (resnet50 to 105 at 0.05): see the scaffold's BENCHMARKS.md.
+        args.lr = 0.01 if args.optimizer == "sgd" else 0.001
+    problem = options_problem(args)
+    if problem:
+        parser.error(problem)
+    cpus = os.cpu_count() or 1
+    if args.workers > cpus:
+        note(f"note: --workers {args.workers} is more than the {cpus} CPUs here: using {cpus}")
+        args.workers = cpus
+    return args
+
+
+def build_parser(with_catalog: bool = True) -> Parser:
+    """train.py's options. Without the catalog (the models, data sets, trackers and hooks, whose
+    modules load torch), models and data sets are not checked against their lists and the hook
+    options are left out: check_quickly's parser."""
+    if with_catalog:
+        from dataset import DATASETS, DATASETS_HELP
+        from loggers import TRACKERS
+        from model import MODEL_NAMES
+    else:
+        DATASETS, DATASETS_HELP, TRACKERS, MODEL_NAMES = None, "", (), None
     parser = Parser(
         prog="train.py",
         description="Train seg_unet_minimal: every option, with its default.",
@@ -78,7 +123,7 @@ def parse_args(argv=None):
     data.add_argument(
         "--dataset",
         default="synthetic",
-        choices=list(DATASETS),
+        choices=DATASETS and list(DATASETS),
         help=f"where the images come from: {DATASETS_HELP}",
     )
     data.add_argument("--data-dir", default="data", help="dataset root (folder, cifar10, mnist)")
@@ -89,7 +134,7 @@ def parse_args(argv=None):
     data.add_argument("--fake-size", type=count(1), default=512, help="training samples of 'fake'")
     data.add_argument("--num-classes", type=count(2), default=10, help="classes")
     data.add_argument("--in-channels", type=count(1), default=3, help="channels")
-    data.add_argument("--image-size", type=count(1), default=32, help="in pixels")
+    data.add_argument("--image-size", type=count(1, MAX_IMAGE_SIZE), default=32, help="in pixels")
     data.add_argument("--augment", action="store_true", help="random crops and flips")
     data.add_argument(
         "--cache", action="store_true", help="decode the images once into a uint8 array file"
@@ -99,7 +144,9 @@ def parse_args(argv=None):
         "--skip-bad-images", action="store_true", help="skip unreadable images instead of stopping"
     )
     data.add_argument("--batch-size", type=count(1), default=32, help="per process")
-    data.add_argument("--workers", type=count(0), default=2, help="DataLoader worker processes")
+    data.add_argument(
+        "--workers", type=count(0), default=2, help="DataLoader worker processes, at most one a CPU"
+    )
 
     model = parser.add_argument_group("model and fine-tuning")
     model.add_argument(
@@ -155,12 +202,24 @@ def parse_args(argv=None):
     run.add_argument("--config", help="YAML or JSON file of option values; flags given here win")
     run.add_argument("--output-dir", help="default: a new folder under runs/ for every run")
     run.add_argument("--overwrite", action="store_true", help="replace the run in --output-dir")
-    run.add_argument("--resume", help="a checkpoint path, or 'auto': the newest one of the run")
+    run.add_argument(
+        "--resume",
+        help="continue a run with its options: its folder, one of its checkpoints, or 'auto' "
+        "(the run in --output-dir, else the newest under runs/)",
+    )
+    run.add_argument(
+        "--allow-changes",
+        action="store_true",
+        help="let --resume change options that alter the run's course (model, data, batch, "
+        "optimizer, schedule); the change is recorded in its env.json",
+    )
     run.add_argument("--eval-only", action="store_true", help="validate the loaded weights, exit")
     run.add_argument(
         "--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: CUDA if any"
     )
-    run.add_argument("--seed", type=int, default=0, help="of every random number generator")
+    run.add_argument(
+        "--seed", type=count(0, MAX_SEED), default=0, help="of every random number generator"
+    )
     run.add_argument("--deterministic", action="store_true", help="bit-reproducible kernels")
     run.add_argument("--amp", action="store_true", help="bfloat16 on CPU, float16 on CUDA")
     run.add_argument(
@@ -175,19 +234,7 @@ def parse_args(argv=None):
         "--dist-timeout", type=count(1), default=600, help="seconds a collective may wait"
     )
     run.add_argument("--sync-bn", action="store_true", help="BatchNorm statistics across processes")
-
-    args = parser.parse_args(argv)
-    if args.config:
-        command_line = sys.argv[1:] if argv is None else list(argv)
-        args = parser.parse_args([*config_arguments(args.config, parser), *command_line])
-    if args.lr is None:
-        # Higher SGD rates made the loss of 6 of the 9 catalog models jump above 2 x ln(classes)
-        # in the first steps (resnet50 to 105 at 0.05): see the scaffold's BENCHMARKS.md.
-        args.lr = 0.01 if args.optimizer == "sgd" else 0.001
-    problem = options_problem(args)
-    if problem:
-        parser.error(problem)
-    return args
+    return parser
 
 
 def config_arguments(path: str, parser: argparse.ArgumentParser) -> list[str]:
@@ -199,15 +246,23 @@ def config_arguments(path: str, parser: argparse.ArgumentParser) -> list[str]:
             text = file.read()
     except OSError as error:
         parser.error(f"--config {path}: {error.strerror}")
-    try:
-        if path.endswith((".yaml", ".yml")):
-            import yaml
+    except UnicodeDecodeError:
+        parser.error(f"--config {path} is not a text file: pass a YAML or JSON file")
+    if path.lower().endswith((".yaml", ".yml")):
+        import yaml
 
+        try:
             values = yaml.safe_load(text)
-        else:
+        except yaml.YAMLError as error:  # its message spans lines: the place and the problem
+            mark = getattr(error, "problem_mark", None)
+            place = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+            parser.error(f"--config {path} is not valid YAML{place}: {problem}")
+    else:
+        try:
             values = json.loads(text)
-    except ValueError as error:  # json.JSONDecodeError and yaml.YAMLError are ValueErrors
-        parser.error(f"--config {path} is not valid {path.rsplit('.', 1)[-1].upper()}: {error}")
+        except ValueError as error:
+            parser.error(f"--config {path} is not valid JSON: {error}")
     if not isinstance(values, dict):
         parser.error(f"--config {path} must hold a mapping of option names to values")
     known = vars(parser.parse_known_args([])[0])
@@ -225,8 +280,135 @@ def config_arguments(path: str, parser: argparse.ArgumentParser) -> list[str]:
     return arguments
 
 
+# What --resume may change freely: how a run logs, saves, reads its data and where it runs, not
+# what it computes. Every other option is the run's course, kept unless --allow-changes.
+FREE_OPTIONS = {
+    "output_dir",
+    "device",
+    "workers",
+    "download",
+    "cache",
+    "cache_dir",
+    "skip_bad_images",
+    "log_every",
+    "logger",
+    "save_every_steps",
+    "keep_last",
+    "dist_timeout",
+    "deterministic",
+    "compile",
+    "hooks",
+    "hook_modules",
+    "hook_save_steps",
+}
+
+
+def given_options(parser: argparse.ArgumentParser, arguments: list[str]) -> set[str]:
+    """The options that `arguments` set, as opposed to those left at their defaults."""
+    unset = object()
+    namespace = argparse.Namespace(**dict.fromkeys(vars(parser.parse_args([])), unset))
+    parser.parse_args(arguments, namespace=namespace)
+    return {name for name, value in vars(namespace).items() if value is not unset}
+
+
+def resumed_folder(resume: str, output_dir: str | None) -> str | None:
+    """The run folder --resume names: the folder itself, a checkpoint's folder, or for 'auto'
+    --output-dir, else the newest run under runs/ (None when there is none yet)."""
+    import runs
+
+    if resume == "auto":
+        return output_dir or runs.newest_run()
+    if os.path.isdir(resume):
+        return resume
+    return os.path.dirname(resume) or "."
+
+
+def continue_run(parser: argparse.ArgumentParser, args, given: set[str]) -> None:
+    """--resume of a run folder that records its options: every option not given here takes the
+    run's value. For training, a given option that changes the run's course needs
+    --allow-changes (--eval-only may evaluate on other data: that is a question, not a change)."""
+    import records
+    import runs
+
+    folder = resumed_folder(args.resume, args.output_dir)
+    saved = records.run_options(folder) if folder else None
+    if saved is None:  # nothing recorded: the options are this command's
+        return
+    if args.resume == "auto" and not args.output_dir:
+        note(f"resuming the newest run under {runs.RUNS_DIR}/: {folder}")
+    if "output_dir" not in given:
+        args.output_dir = folder
+    # Options added to train.py since the run started keep their defaults.
+    run_args = {name: value for name, value in saved.items() if name in vars(args)}
+    changed = sorted(
+        name
+        for name in given
+        if name in run_args
+        and name not in {*FREE_OPTIONS, *records.ACTIONS}
+        and run_args[name] != getattr(args, name)
+    )
+    for name, value in run_args.items():
+        if name not in given:
+            setattr(args, name, value)
+    if args.eval_only or args.allow_changes:
+        return
+    if changed:
+        was = " ".join(option_text(name, run_args[name]) for name in changed)
+        now = " ".join(option_text(name, getattr(args, name)) for name in changed)
+        parser.error(
+            f"{folder} was trained with {was}; this command changes that to {now}: drop those "
+            "options to continue the run as it was, or add --allow-changes"
+        )
+    keep_global_batch(parser, args, folder)
+
+
+def keep_global_batch(parser: argparse.ArgumentParser, args, folder: str) -> None:
+    """Resumed by another number of processes (a requeue onto fewer GPUs, say), the run keeps
+    its global batch, and with it the course of its epochs and learning rate: --grad-accum-steps
+    makes up the difference. Where no whole number of micro-batches can, it is refused."""
+    import records
+
+    trained_by = records.run_world_size(folder) or 1
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == trained_by:
+        return
+    micro_batches = trained_by * args.grad_accum_steps
+    global_batch = micro_batches * args.batch_size
+    if micro_batches % world_size:
+        parser.error(
+            f"{folder} was trained by {trained_by} processes with --grad-accum-steps "
+            f"{args.grad_accum_steps}: {world_size} cannot keep its global batch of "
+            f"{global_batch}; resume it with {trained_by} processes, or add --allow-changes"
+        )
+    args.grad_accum_steps = micro_batches // world_size
+    note(
+        f"note: {world_size} processes instead of {trained_by}: --grad-accum-steps "
+        f"{args.grad_accum_steps} keeps the run's global batch of {global_batch}"
+    )
+
+
+def note(text: str) -> None:
+    """Print `text` once (from the first process under torchrun)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(text)
+
+
+def option_text(name: str, value) -> str:
+    option = "--" + name.replace("_", "-")
+    if value is True:
+        return option
+    if value is False or value is None:
+        return f"{option}=<unset>"
+    return f"{option} {value}"
+
+
 def options_problem(args) -> str | None:
     """What makes these options unable to work together (checked before anything runs)."""
+    import runs
+    from dataset import CACHEABLE, dataset_channels_problem
+    from loggers import trackers_problem
+    from model import model_image_size_problem
+
     image_size_problem = model_image_size_problem(args.model, args.image_size)
     if image_size_problem:
         return image_size_problem
@@ -244,9 +426,10 @@ def options_problem(args) -> str | None:
         return "--eval-only needs weights: pass --resume PATH (or auto) or --init-from PATH"
     if args.overwrite and args.resume:
         return "--overwrite starts the run over, --resume continues it: pass one of them"
-    for option, path in (("--resume", args.resume), ("--init-from", args.init_from)):
-        if path and path != "auto" and not os.path.isfile(path):
-            return f"{option} {path}: no such file"
+    if args.resume and args.resume != "auto" and not os.path.exists(args.resume):
+        return f"--resume {args.resume}: no such run folder or checkpoint"
+    if args.init_from and not os.path.isfile(args.init_from):
+        return f"--init-from {args.init_from}: no such file"
     return runs.output_dir_problem(args)
 
 

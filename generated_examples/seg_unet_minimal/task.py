@@ -72,10 +72,11 @@ LOSS_WEIGHTS = {"out": 1.0, "aux": 0.5}
 
 
 def prepare(batch, device: torch.device, preprocess: Preprocess):
-    """A batch from the loader -> (normalized images, masks) on `device`, augmented together."""
+    """A batch from the loader -> (normalized images, int64 masks) on `device`, augmented
+    together. (Masks from the --cache arrays are uint8: an eighth of the bytes to move.)"""
     images, masks = batch
     images = images.to(device, non_blocking=True)
-    return preprocess(images, masks.to(device, non_blocking=True))
+    return preprocess(images, masks.to(device, non_blocking=True).long())
 
 
 def main_output(outputs) -> torch.Tensor:

@@ -8,12 +8,19 @@ or show_summary() (--summary). fit() builds everything, restores a checkpoint wh
 alternates train_one_epoch() and evaluate(); a Checkpointer saves the whole training state.
 """
 
+import sys
+
+from options import check_quickly, parse_args, parse_list
+
+if __name__ == "__main__":
+    # Before the imports below load torch (seconds): a mistyped option answers at once.
+    check_quickly(sys.argv[1:])
+
 import functools
 import json
 import math
 import os
 import random
-import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -29,11 +36,10 @@ import records
 import runs
 import signals
 import task
-from dataset import build_datasets, class_names
-from finetune import ModelError, download_weights, freeze, set_train_mode
+from dataset import CACHEABLE, build_datasets, class_names
+from finetune import ModelError, download_weights, freeze, in_head, set_train_mode
 from loggers import RunLog
 from model import HEADS, build_model
-from options import parse_args, parse_list
 from pipeline import DatasetError, Preprocess, ShardedSampler, build_loader
 from summary import count_parameters, format_short, format_summary, summarize
 
@@ -56,9 +62,11 @@ USER_ERRORS = (
 )
 
 
-def main(argv=None) -> dict:
+def main(argv=None, on_epoch=None) -> dict:
     """Parse, set up, dispatch. Every expected failure ends as one line on stderr: exit 2 for
-    options that cannot work, 1 for the rest; a signal that stopped training exits 128 + it."""
+    options that cannot work, 1 for the rest; a signal that stopped training exits 128 + it.
+    `on_epoch(metrics)`, if given, is called after each epoch's validation and checkpoint (a
+    sweep reports to its study there; an exception it raises ends the run, the epoch saved)."""
     args = parse_args(argv)
     try:
         ctx = distributed.setup(args.device, args.dist_timeout)
@@ -68,7 +76,7 @@ def main(argv=None) -> dict:
             return evaluate_checkpoint(args, ctx)
         # From here on SIGINT and SIGTERM only ask training to stop after a step and save.
         with signals.StopSignals() as stop:
-            return fit(args, ctx, stop)
+            return fit(args, ctx, stop, on_epoch)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
@@ -89,6 +97,7 @@ class Progress:
     """Where training stands. Checkpoints hold it, so a resumed run goes on from the same place."""
 
     loss_sum: torch.Tensor  # this epoch's training losses, summed on the device: no sync a step
+    micro_batches_per_step: int = 1  # --grad-accum-steps: how many losses a step adds to loss_sum
     epoch: int = 0  # epochs completed
     step: int = 0  # optimizer steps taken
     step_in_epoch: int = 0  # optimizer steps taken in the current epoch
@@ -103,17 +112,24 @@ class Progress:
             "step_in_epoch": self.step_in_epoch,
             "best": self.best,
             "loss_sum": loss_sum,
+            "micro_batches_per_step": self.micro_batches_per_step,
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.step = state["epoch"], state["step"]
-        self.step_in_epoch, self.best = state["step_in_epoch"], state.get("best")
-        self.loss_sum.fill_(state["loss_sum"])
+        # Template 0.2 kept the best score under "best_" and the metric's name without "val_".
+        old_name = "best_" + task.BEST_METRIC.removeprefix("val_")
+        self.step_in_epoch = state["step_in_epoch"]
+        self.best = state.get("best", state.get(old_name))
+        # Resumed by another process count, a step adds another number of losses (train.py
+        # keeps the global batch with --grad-accum-steps): the sum so far scales with it.
+        saved_per_step = state.get("micro_batches_per_step", self.micro_batches_per_step)
+        self.loss_sum.fill_(state["loss_sum"] * self.micro_batches_per_step / saved_per_step)
 
-    def train_loss(self, micro_batches_per_step: int) -> float:
+    def train_loss(self) -> float:
         """This epoch's mean training loss so far (a collective under torchrun)."""
         loss_sum = distributed.all_reduce_mean(self.loss_sum.clone()).item()
-        return loss_sum / max(self.step_in_epoch * micro_batches_per_step, 1)
+        return loss_sum / max(self.step_in_epoch * self.micro_batches_per_step, 1)
 
     def improves(self, value: float) -> bool:
         """Whether `value` of task.BEST_METRIC beats the best so far (and becomes it)."""
@@ -162,6 +178,7 @@ def train_one_epoch(model: nn.Module, progress: Progress, loop: Loop, args) -> N
     with progress_bar as bar:
         while progress.step_in_epoch < loop.steps_per_epoch and progress.step < loop.total_steps:
             logged = is_logged(progress.step + 1, args.log_every, loop.total_steps)
+            step_losses: dict[str, torch.Tensor] = {}  # the step's mean loss and its parts
             for micro_step in range(accumulate):
                 batch = task.prepare(next(batches), device, loop.preprocess)
                 # Under DDP, gradients are averaged once per optimizer step, not every micro-batch.
@@ -170,6 +187,9 @@ def train_one_epoch(model: nn.Module, progress: Progress, loop: Loop, args) -> N
                         loss, parts = task.loss(model, batch)
                     loop.scaler.scale(loss / accumulate if accumulate > 1 else loss).backward()
                 progress.loss_sum += loss.detach()
+                losses = {"loss": loss, **{f"loss_{name}": part for name, part in parts.items()}}
+                for name, value in losses.items():
+                    step_losses[name] = step_losses.get(name, 0) + value.detach() / accumulate
             if args.clip_grad_norm:
                 loop.scaler.unscale_(loop.optimizer)
                 nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad_norm)
@@ -184,15 +204,14 @@ def train_one_epoch(model: nn.Module, progress: Progress, loop: Loop, args) -> N
 
             if logged:
                 # The one host-device sync of a logged step; un-logged steps have none.
-                losses = {"loss": loss, **{f"loss_{name}": part for name, part in parts.items()}}
-                step_losses = step_means(losses)
-                step_loss = step_losses["loss"]
+                means = step_means(step_losses)
+                step_loss = means["loss"]
                 if not math.isfinite(step_loss):
                     raise FloatingPointError(
                         f"loss is {step_loss} at step {progress.step}: lower --lr"
                     )
                 record = {"kind": "step", "epoch": progress.epoch, "step": progress.step}
-                record |= {**step_losses, "lr": lr}
+                record |= {**means, "lr": lr}
                 loop.log.write(record)
                 bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.3g}", refresh=False)
             if args.save_every_steps and progress.step % args.save_every_steps == 0:
@@ -220,32 +239,41 @@ def no_sync(model: nn.Module, skip_gradient_sync: bool):
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, preprocess: Preprocess, autocast) -> dict:
+def evaluate(model: nn.Module, loader, preprocess: Preprocess, autocast, stop=None) -> dict:
     """The task's validation metrics over the whole validation set, exact across processes: each
-    process validates its own unpadded shard, and the sums are added up in one all_reduce."""
+    process validates its own unpadded shard, and the sums are added up in one all_reduce.
+    A signal stops it between batches: with `stop` (signals.StopSignals), {} if all agree to."""
     model.eval()
     device = next(model.parameters()).device
     totals: dict[str, torch.Tensor] = {}
     for batch in loader:
+        if stop is not None and stop.received:
+            break
         batch = task.prepare(batch, device, preprocess)
         with autocast():
             sums = task.validation_sums(model, batch)
         for name, value in sums.items():
             totals[name] = totals.get(name, 0) + value.double()
+    # Shards differ in length, so a signal is agreed on once, after every process is done.
+    if stop is not None and stop.agreed():
+        return {}
     return task.metrics(distributed.all_reduce_sums(totals))
 
 
-def fit(args, ctx: distributed.Context, stop: signals.StopSignals) -> dict:
+def fit(args, ctx: distributed.Context, stop: signals.StopSignals, on_epoch=None) -> dict:
     """Train as `args` say, resuming when asked, until the end or until `stop` says so; return
     the last epoch's metrics."""
+    output_dir = runs.choose_output_dir(args)
+    print(f"run folder: {output_dir}")
     model = make_model(args, ctx)
     print(format_short(args.model, count_parameters(model)))
     data = build_data(args, ctx)
-    output_dir = runs.choose_output_dir(args)
     optimizer = build_optimizer(model, args)
     scheduler = build_scheduler(optimizer, args, data.steps_per_epoch, data.total_steps)
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=args.amp and ctx.device.type == "cuda")
-    progress = Progress(torch.zeros((), dtype=torch.float64, device=ctx.device))
+    progress = Progress(
+        torch.zeros((), dtype=torch.float64, device=ctx.device), args.grad_accum_steps
+    )
     params = {"project": PROJECT_NAME, "args": vars(args)}
     log = RunLog(output_dir, parse_list(args.logger), params, enabled=distributed.is_main_process())
     checkpointer = checkpoint.Checkpointer(
@@ -258,7 +286,12 @@ def fit(args, ctx: distributed.Context, stop: signals.StopSignals) -> dict:
             "progress": progress,
             "log": log,
         },
-        {"args": vars(args), "template_version": TEMPLATE_VERSION, "class_names": data.classes},
+        {
+            "args": vars(args),
+            "template_version": TEMPLATE_VERSION,
+            "class_names": data.classes,
+            "steps_per_epoch": data.steps_per_epoch,
+        },
         args.keep_last,
     )
     autocast = distributed.autocast_for(args.amp, ctx.device)
@@ -277,42 +310,66 @@ def fit(args, ctx: distributed.Context, stop: signals.StopSignals) -> dict:
     )
     resumed = resume_from(args, output_dir, checkpointer)
     # Everything that could refuse the options or the checkpoint has run: now write.
-    runs.prepare_output_dir(output_dir, args)
-    records.record_invocation(output_dir, args, ctx, TEMPLATE_VERSION, resumed)
-    val_preprocess = Preprocess(channels_last=args.channels_last)
-    log.open()
-    train_model = wrap_for_training(model, ctx, args)
-    metrics, start = {}, time.perf_counter()
-    try:
-        while progress.epoch < args.epochs and progress.step < data.total_steps:
-            skip = progress.step_in_epoch * args.grad_accum_steps * args.batch_size
-            data.train_sampler.set_epoch(progress.epoch, skip)
-            train_one_epoch(train_model, progress, loop, args)
-            signal_number = loop.stop.agreed()
-            if signal_number:
-                path = checkpointer.save(checkpoint.LAST)
-                raise signals.Stopped(
-                    signal_number,
-                    f"stopped by {signals.signal_name(signal_number)} at step {progress.step}: "
-                    f"saved {path}; continue with --resume auto",
-                )
-            metrics = end_of_epoch(model, progress, loop, data.val_loader, val_preprocess, args)
-            shown = " ".join(f"{name} {metrics[name]:.4f}" for name in ("train_loss", *task.SHOWN))
-            print(f"epoch {metrics['epoch']}: {shown} ({time.perf_counter() - start:.1f}s)")
-    except BaseException:
-        log.close()
-        raise
-    log.close(os.path.join(output_dir, checkpoint.LAST))
+    with runs.claim_output_dir(output_dir, args):
+        records.record_invocation(output_dir, args, ctx, TEMPLATE_VERSION, resumed)
+        log.open()
+        train_model = wrap_for_training(model, ctx, args)
+        try:
+            metrics = train_epochs(model, train_model, progress, loop, data, args, on_epoch)
+        except BaseException:
+            log.close()
+            raise
+        log.close(checkpointer.path(checkpoint.LAST))
+    print_where_it_went(checkpointer, progress)
     return metrics
 
 
+def train_epochs(model, train_model, progress: Progress, loop: Loop, data, args, on_epoch) -> dict:
+    """Train and validate epoch after epoch until the run's end; return the last metrics. On a
+    signal, save last.pt and raise signals.Stopped with the command that continues the run."""
+    val_preprocess = Preprocess(channels_last=args.channels_last)
+    metrics, start = {}, time.perf_counter()
+    while progress.epoch < args.epochs and progress.step < data.total_steps:
+        skip = progress.step_in_epoch * args.grad_accum_steps * args.batch_size
+        data.train_sampler.set_epoch(progress.epoch, skip)
+        train_one_epoch(train_model, progress, loop, args)
+        if not loop.stop.agreed():
+            metrics = end_of_epoch(model, progress, loop, data.val_loader, val_preprocess, args)
+        signal_number = loop.stop.agreed()
+        if signal_number:
+            path = loop.checkpointer.save(checkpoint.LAST)
+            raise signals.Stopped(
+                signal_number,
+                f"stopped by {signals.signal_name(signal_number)} at step {progress.step}: "
+                f"saved {path}; continue with: {runs.resume_command(loop.checkpointer.output_dir)}",
+            )
+        shown = " ".join(f"{name} {metrics[name]:.4f}" for name in ("train_loss", *task.SHOWN))
+        print(f"epoch {metrics['epoch']}: {shown} ({time.perf_counter() - start:.1f}s)")
+        if on_epoch:
+            on_epoch(metrics)
+    return metrics
+
+
+def print_where_it_went(checkpointer: checkpoint.Checkpointer, progress: Progress) -> None:
+    """The run's last lines: its checkpoints, and the commands that use them."""
+    best, last = checkpointer.path(checkpoint.BEST), checkpointer.path(checkpoint.LAST)
+    print(f"saved {last} at step {progress.step}; {best} has the best {task.BEST_METRIC}")
+    print(f"evaluate: python train.py --eval-only --resume {best}")
+    print(f"predict:  python predict.py {best} IMAGES...")
+    print(f"continue: {runs.resume_command(checkpointer.output_dir)} --epochs N --allow-changes")
+
+
 def end_of_epoch(model, progress: Progress, loop: Loop, val_loader, preprocess, args) -> dict:
-    """Validate, log the epoch's line, save last.pt (and best.pt); also at --max-steps."""
+    """Validate, log the epoch's line, save last.pt (and best.pt); also at --max-steps. A signal
+    during validation leaves the epoch to validate again when the run resumes: {}."""
     metrics = {"kind": "epoch", "epoch": progress.epoch + 1, "step": progress.step}
-    metrics["train_loss"] = progress.train_loss(args.grad_accum_steps)
+    metrics["train_loss"] = progress.train_loss()
     # Validate what last.pt will hold, on every process alike.
     distributed.broadcast_buffers(model)
-    metrics.update(evaluate(model, val_loader, preprocess, loop.autocast))
+    validation = evaluate(model, val_loader, preprocess, loop.autocast, loop.stop)
+    if not validation:
+        return {}
+    metrics.update(validation)
     metrics["lr"] = loop.optimizer.param_groups[0]["lr"]
     loop.log.write(metrics)
     improved = progress.improves(metrics[task.BEST_METRIC])
@@ -327,22 +384,31 @@ def evaluate_checkpoint(args, ctx: distributed.Context) -> dict:
     model = make_model(args, ctx)
     if args.resume:
         path = args.resume
-        if path == "auto":
-            folder = runs.find_run_to_evaluate(args)
+        if os.path.isfile(path):
+            state = checkpoint.load_checkpoint(path)
+        else:
+            folder = path if os.path.isdir(path) else runs.find_run_to_evaluate(args)
             found = checkpoint.find_resume_checkpoint(folder)
             if found is None:
-                raise checkpoint.CheckpointError(f"no loadable checkpoint in {folder}")
+                raise checkpoint.CheckpointError(f"no checkpoint in {folder} to evaluate")
             path, state = found
-        else:
-            state = checkpoint.load_checkpoint(path)
         checkpoint.Checkpointer(None, {"model": model}, {"args": vars(args)}).restore(state, path)
-        print(f"evaluating {path}")
+    else:
+        path = args.init_from
     data = build_data(args, ctx)
+    samples = len(data.val_loader.dataset)
+    print(f"evaluating {path} on {samples} validation samples of {describe_data(args)}")
     preprocess = Preprocess(channels_last=args.channels_last)
     autocast = distributed.autocast_for(args.amp, ctx.device)
     metrics = evaluate(model, data.val_loader, preprocess, autocast)
     print(json.dumps(metrics))
     return metrics
+
+
+def describe_data(args) -> str:
+    """--dataset and, when it reads files, --data-dir, as options."""
+    where = f" --data-dir {args.data_dir}" if args.dataset in CACHEABLE else ""
+    return f"--dataset {args.dataset}{where}"
 
 
 def show_summary(args) -> dict:
@@ -452,18 +518,31 @@ def build_data(args, ctx: distributed.Context) -> Data:
 
 
 def resume_from(args, output_dir: str, checkpointer: checkpoint.Checkpointer) -> str | None:
-    """Restore the training state from --resume: a path, or "auto", the newest valid
-    checkpoint in the output folder (none yet: the run starts at step 0). Returns the path."""
+    """Restore the training state from --resume: a checkpoint file, or the newest checkpoint of
+    the run folder that loads ("auto" in a folder with none yet: the run starts at step 0).
+    Returns the path."""
     if not args.resume:
         return None
-    if args.resume == "auto":
+    if os.path.isfile(args.resume):
+        path, state = args.resume, checkpoint.load_checkpoint(args.resume)
+    else:
         found = checkpoint.find_resume_checkpoint(output_dir)
+        if found is None and args.resume != "auto":
+            raise checkpoint.CheckpointError(
+                f"no checkpoint in {output_dir} to resume: start a run there with --overwrite"
+            )
         if found is None:
             print(f"no checkpoint in {output_dir} yet: starting at step 0")
             return None
         path, state = found
-    else:
-        path, state = args.resume, checkpoint.load_checkpoint(args.resume)
+    steps_per_epoch = checkpointer.metadata["steps_per_epoch"]
+    saved_steps = state.get("steps_per_epoch", steps_per_epoch)
+    if saved_steps != steps_per_epoch and not args.allow_changes:
+        raise checkpoint.CheckpointError(
+            f"{path} was trained with {saved_steps} steps an epoch, these options make "
+            f"{steps_per_epoch}: resume with the run's process count and options, or add "
+            "--allow-changes"
+        )
     checkpointer.restore(state, path)
     progress = state["progress"]
     print(f"resumed from {path} at epoch {progress['epoch']}, step {progress['step']}")
@@ -476,8 +555,8 @@ def build_optimizer(model: nn.Module, args) -> torch.optim.Optimizer:
     if args.backbone_lr_mult is None:
         groups = [{"params": [p for _, p in trainable]}]
     else:
-        head_params = [p for n, p in trainable if n.startswith(head + ".")]
-        backbone_params = [p for n, p in trainable if not n.startswith(head + ".")]
+        head_params = [p for n, p in trainable if in_head(n, head)]
+        backbone_params = [p for n, p in trainable if not in_head(n, head)]
         groups = [
             {"params": head_params},
             {"params": backbone_params, "lr": args.lr * args.backbone_lr_mult},

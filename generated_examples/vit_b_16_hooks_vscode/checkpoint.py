@@ -27,7 +27,12 @@ IDENTITY_OPTIONS = ("model", "num_classes", "in_channels")  # a checkpoint fits 
 
 
 class CheckpointError(Exception):
-    """A checkpoint that cannot be written or used; the message names the file."""
+    """A checkpoint that cannot be written or used; the message names the file, and `reason`
+    says what is wrong with it in a few words."""
+
+    def __init__(self, message: str, reason: str = ""):
+        super().__init__(message)
+        self.reason = reason or message
 
 
 class Checkpointer:
@@ -50,6 +55,9 @@ class Checkpointer:
         state["rng_per_rank"] = distributed.all_gather_object(rng_state())
         return {**state, **self.metadata}
 
+    def path(self, name: str) -> str:
+        return os.path.join(self.output_dir, name)
+
     def save(self, name: str, aliases: tuple[str, ...] = ()) -> str:
         """Write OUTPUT_DIR/name and point each alias (last.pt, best.pt) at it; return its path."""
         state = self.state()
@@ -63,9 +71,20 @@ class Checkpointer:
         return path
 
     def restore(self, state: dict, path: str) -> None:
-        """Load every object from `state` (read from `path`), random number generators last."""
+        """Load every object from `state` (read from `path`), random number generators last.
+        A Checkpointer of the model alone (evaluation) loads the weights only."""
         check_compatible(state, path, self.metadata["args"])
+        training = set(self.objects) != {"model"}
+        if training and not ("progress" in state and "rng_per_rank" in state):
+            version = state.get("template_version", "0.1")
+            raise CheckpointError(
+                f"{path} was saved by template {version}, whose training state this version "
+                "cannot continue: evaluate, predict or export it, or fine-tune from it with "
+                "--init-from"
+            )
         load_weights(self.objects["model"], state, path)
+        if not training:
+            return
         for name, value in self.objects.items():
             # An empty state (a disabled GradScaler's) leaves the object as it was built.
             if name != "model" and state.get(name):
@@ -115,27 +134,40 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
             reason = "it holds objects other than tensors and plain data; refusing to unpickle it"
         else:
             reason = text.splitlines()[0] if text else type(error).__name__
-        raise CheckpointError(f"cannot load checkpoint {path}: {reason}") from None
+        raise CheckpointError(f"cannot load checkpoint {path}: {reason}", reason) from None
     if not isinstance(state, dict):
-        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a checkpoint dict")
+        reason = f"it holds a {type(state).__name__}, not a checkpoint dict"
+        raise CheckpointError(f"{path}: {reason}", reason)
     return state
 
 
 def checkpoints_in(directory: str) -> list[str]:
-    """The checkpoints in `directory`, newest first."""
-    paths = glob.glob(os.path.join(directory, LAST)) + glob.glob(
-        os.path.join(directory, STEP_PATTERN)
-    )
-    return sorted(paths, key=os.path.getmtime, reverse=True)
+    """The checkpoints in `directory`, newest first: last.pt, the step checkpoints and best.pt
+    (which a torn last.pt may leave as the newest whole one)."""
+    names = [LAST, STEP_PATTERN, BEST]
+    paths = [path for name in names for path in glob.glob(os.path.join(directory, name))]
+    return sorted(paths, key=os.path.getmtime, reverse=True)  # a stable sort: last.pt first
 
 
 def find_resume_checkpoint(directory: str) -> tuple[str, dict] | None:
-    """The newest loadable checkpoint in `directory`, skipping broken ones with a warning."""
+    """The newest checkpoint in `directory` that loads, with a warning for each newer one that
+    does not; None if there is none. If there are checkpoints but none loads, a CheckpointError
+    names each with its problem: a resumed run never silently starts over."""
+    problems = []
     for path in checkpoints_in(directory):
         try:
-            return path, load_checkpoint(path)
+            found = path, load_checkpoint(path)
         except CheckpointError as error:
-            print(f"warning: {error}; trying an older one", file=sys.stderr)
+            problems.append(f"{os.path.basename(path)}: {error.reason}")
+            continue
+        for problem in problems:
+            print(f"warning: skipped {problem}", file=sys.stderr)
+        return found
+    if problems:
+        raise CheckpointError(
+            f"no checkpoint in {directory} loads ({'; '.join(problems)}): resume from a good copy "
+            "with --resume PATH, or start the run over with --overwrite"
+        )
     return None
 
 

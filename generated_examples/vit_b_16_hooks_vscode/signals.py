@@ -7,7 +7,9 @@ number. DataLoader workers ignore both signals (ignore_stop_signals): the traini
 them itself.
 """
 
+import os
 import signal
+import sys
 import threading
 
 import distributed
@@ -42,6 +44,7 @@ class StopSignals:
         self.agreement = None
 
     def __enter__(self):
+        _listening.append(self)
         self.agreement = distributed.Agreement()
         if threading.current_thread() is threading.main_thread():
             for number in self.NUMBERS:
@@ -52,15 +55,40 @@ class StopSignals:
         for number, handler in self.previous.items():
             signal.signal(number, handler)
         self.previous = {}
+        _listening.remove(self)
 
     def handle(self, number: int, frame) -> None:
         if number == signal.SIGINT and self.received == signal.SIGINT:
             raise Stopped(number, "stopped by a second SIGINT: not saved")
+        if not self.received and distributed.is_main_process():
+            again = " (press Ctrl-C again to stop at once, without saving)"
+            say_now(
+                f"{signal_name(number)}: stopping after this step to save a checkpoint"
+                + (again if number == signal.SIGINT else "")
+            )
         self.received = self.received or number
 
     def agreed(self) -> int:
         """The signal that all processes stop for now, or 0 to go on (a collective)."""
         return self.agreement.largest(self.received)
+
+
+_listening: list[StopSignals] = []  # the StopSignals in force, innermost last
+
+
+def requested() -> int:
+    """The stop signal this process has received, or 0: for work between the training loop's
+    agreements (a cache build) to stop at a safe point of its own."""
+    return _listening[-1].received if _listening else 0
+
+
+def say_now(line: str) -> None:
+    """Write `line` to stderr at once: straight to the file descriptor, since the signal handler
+    that calls this may have interrupted a write to sys.stderr (tqdm's, say)."""
+    try:
+        os.write(sys.stderr.fileno(), f"{line}\n".encode())
+    except (AttributeError, OSError, ValueError):  # a stderr without a descriptor (captured)
+        print(line, file=sys.stderr)
 
 
 def ignore_stop_signals(worker_id: int) -> None:

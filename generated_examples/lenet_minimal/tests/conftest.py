@@ -4,6 +4,7 @@ that chooses best.pt."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -90,6 +91,19 @@ def start_train(args: list[str], script=None, **popen) -> subprocess.Popen:
     )
 
 
+def signal_at_step(monkeypatch, step: int, number: int = signal.SIGINT) -> None:
+    """Send this process `number` once optimizer step `step` is done: Ctrl-C (SIGINT), or what
+    SLURM sends before a requeue (SIGTERM)."""
+    is_logged = train.is_logged
+
+    def signal_after(step_number, *args):
+        if step_number == step + 1:
+            os.kill(os.getpid(), number)
+        return is_logged(step_number, *args)
+
+    monkeypatch.setattr(train, "is_logged", signal_after)
+
+
 def read_metrics(output_dir) -> list[dict]:
     with open(os.path.join(output_dir, "metrics.jsonl")) as file:
         return [json.loads(line) for line in file]
@@ -141,3 +155,25 @@ def cuda_or_skip(request):
 def in_a_temporary_folder(tmp_path_factory, monkeypatch):
     """Runs without --output-dir write under runs/ of the current folder: keep it temporary."""
     monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+
+
+# ---- a short run that learns -------------------------------------------------------------------
+# LEARN trains on --dataset synthetic (shapes drawn in code) with LEARN_BATCH samples per optimizer
+# step (give --batch-size): BEST_METRIC must end at LEARNED or above, far above what guessing gets.
+# A loop that skips optimizer.step() or pairs the wrong labels with the images stays below it.
+# LeNet on 1,024 32x32 images of 10 kinds of shape, 4 epochs of 32 steps: about 0.43 validation
+# accuracy (0.38 with --augment), where guessing gets 0.1.
+LEARN = [
+    "--model=lenet",
+    "--dataset=synthetic",
+    "--synthetic-size=1024",
+    "--num-classes=10",
+    "--in-channels=3",
+    "--image-size=32",
+    "--epochs=4",
+    "--optimizer=adamw",
+    "--lr=0.003",
+    "--log-every=1000",
+]
+LEARN_BATCH = 32
+LEARNED = 0.25

@@ -3,7 +3,9 @@
 Each torchrun launch costs seconds (every process imports torch), so each launch checks several
 things. The runs train SMALL_MODEL with no BatchNorm layer normalizing over its batch, and no
 dropout (conftest.PER_SAMPLE), so 2 processes x batch 4 must train exactly like 1 process x batch
-8: same samples per step, gradients averaged across processes.
+8: same samples per step, gradients averaged across processes. One more launch trains
+conftest.LEARN's short run with gradient accumulation: it must learn as far above chance as in one
+process, and all-reduce the gradients once per optimizer step.
 """
 
 import json
@@ -20,6 +22,9 @@ import pytest
 import torch
 from conftest import (
     BEST_METRIC,
+    LEARN,
+    LEARN_BATCH,
+    LEARNED,
     MODEL,
     PER_SAMPLE,
     SMALL_MODEL,
@@ -103,6 +108,42 @@ def slow_is_logged(*args):
 
 train.is_logged = slow_is_logged
 train.main(sys.argv[1:])
+"""
+
+# Stands in for train.py: counts, in a DDP communication hook, the all-reduces of each process's
+# first gradient bucket (a whole gradient's is one of each bucket), and saves each process's
+# final parameters.
+COUNTING_TRAIN = """
+import json, os, sys
+
+import torch
+from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+sys.path.insert(0, {project!r})
+import train
+
+reductions, models = [], []
+wrap_for_training = train.wrap_for_training
+
+
+def counting_hook(state, bucket):
+    reductions.append(bucket.index())
+    return allreduce_hook(state, bucket)
+
+
+def wrap_and_count(model, *args):
+    models.append(model)
+    wrapped = wrap_for_training(model, *args)
+    wrapped.register_comm_hook(None, counting_hook)
+    return wrapped
+
+
+train.wrap_for_training = wrap_and_count
+train.main(sys.argv[1:])
+marks = os.path.join(os.environ["MARKS_DIR"], "rank-" + os.environ["RANK"])
+torch.save(dict(models[0].named_parameters()), marks + ".pt")
+with open(marks + ".json", "w") as file:
+    json.dump({{"whole_gradient_reductions": reductions.count(0)}}, file)
 """
 
 # srun on one node: drop srun's own options, run the command once.
@@ -219,6 +260,44 @@ def augmented_run(tmp_path_factory):
     result = run_ddp(tmp_path, f"--output-dir={tmp_path / 'run'}", "--augment")
     assert result.returncode == 0, result.stdout[-3000:]
     return tmp_path / "run"
+
+
+@pytest.fixture(scope="module")
+def learned_by_two(tmp_path_factory):
+    """conftest.LEARN's run in 2 processes of 2 micro-batches a step (the same global batch as one
+    process: LEARN_BATCH), through scripts/train_ddp.sh with COUNTING_TRAIN for train.py."""
+    tmp_path = tmp_path_factory.mktemp("learn")
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    wrapper = tmp_path / "counting_train.py"
+    wrapper.write_text(COUNTING_TRAIN.format(project=PROJECT))
+    args = [*LEARN, f"--batch-size={LEARN_BATCH // 4}", "--grad-accum-steps=2", "--workers=0"]
+    args += ["--device=cpu", "--dist-timeout=30", f"--output-dir={tmp_path / 'run'}"]
+    env = {"TRAIN_SCRIPT": str(wrapper), "MARKS_DIR": str(marks)}
+    result = launch(["bash", SCRIPT, "2", *args], tmp_path, env)
+    assert result.returncode == 0, result.stdout[-3000:]
+    counted = [json.loads((marks / f"rank-{rank}.json").read_text()) for rank in (0, 1)]
+    weights = [torch.load(marks / f"rank-{rank}.pt", weights_only=True) for rank in (0, 1)]
+    return tmp_path / "run", counted, weights
+
+
+def test_two_processes_with_gradient_accumulation_learn_far_above_chance(learned_by_two):
+    output_dir, _, _ = learned_by_two
+    final = read_metrics(output_dir)[-1]
+    assert final["kind"] == "epoch" and final[BEST_METRIC] >= LEARNED, final
+
+
+def test_gradients_are_all_reduced_once_per_optimizer_step(learned_by_two):
+    """Under DDP, the micro-batches before a step's last skip the all-reduce (no_sync): their
+    gradients add up in each process and are averaged with the last one's, once."""
+    output_dir, counted, weights = learned_by_two
+    steps = read_metrics(output_dir)[-1]["step"]
+    assert [count["whole_gradient_reductions"] for count in counted] == [steps, steps]
+    # Every micro-batch's gradient reached both processes: they end with the same weights.
+    for name, value in weights[0].items():
+        assert torch.equal(weights[1][name], value), name
+    saved = load_model_state(output_dir / "last.pt")
+    assert all(torch.equal(saved[name], value) for name, value in weights[0].items())
 
 
 def test_two_processes_write_one_checkpoint_and_one_metrics_file(ddp_run):

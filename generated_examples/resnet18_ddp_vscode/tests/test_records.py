@@ -38,7 +38,7 @@ def test_a_run_records_its_options_and_environment(tmp_path):
 def test_a_resumed_run_adds_its_own_record(tmp_path):
     run_train(tmp_path, *SHORT, "--epochs=1")
     before = read_json(tmp_path / "config.json")
-    run_train(tmp_path, *SHORT, "--epochs=2", "--resume=auto")
+    run_train(tmp_path, *SHORT, "--epochs=2", "--resume=auto", "--allow-changes")
     assert read_json(tmp_path / "config.json") == before, "the run's options stay as they were"
     first, second = read_json(tmp_path / "env.json")["invocations"]
     assert first["resumed_from"] is None

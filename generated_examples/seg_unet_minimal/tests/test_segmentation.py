@@ -1,18 +1,21 @@
 """Segmentation: the synthetic masks lie on their shapes, augmentation moves masks with images,
 the IoU metrics are exact (across batches and processes too), a short run learns, the folder
-dataset's mistakes are one line each, and predict.py and export.py work on a trained U-Net."""
+dataset's mistakes are one line each, --cache keeps images and masks and trains as the files do,
+and predict.py and export.py work on a trained U-Net."""
 
 import json
+import os
 import shutil
 
 import numpy
 import pytest
 import torch
 import torchvision
-from conftest import read_metrics, run_train, tiny_args, train_fails
+from conftest import assert_same_weights, read_metrics, run_train, tiny_args, train_fails
 from PIL import Image
 from torch import nn
 
+import cache
 import checkpoint
 import dataset
 import export
@@ -20,9 +23,9 @@ import finetune
 import predict
 import task
 import train
-from model import build_model
+from model import HEADS, build_model
 from options import parse_args
-from pipeline import IGNORE_INDEX, DatasetError, Preprocess, ShardedSampler
+from pipeline import IGNORE_INDEX, DatasetError, Preprocess, ShardedSampler, is_cached
 
 CLASSES = 3  # background and two shape kinds: a run of seconds learns them
 
@@ -231,6 +234,24 @@ def test_a_model_with_an_auxiliary_head_logs_both_losses(tmp_path):
     assert step["loss"] == pytest.approx(step["loss_out"] + 0.5 * step["loss_aux"], rel=1e-5)
 
 
+def test_freezing_the_backbone_trains_both_heads_of_a_model_with_an_auxiliary_one():
+    """--freeze backbone freezes the backbone alone: the classifier and the auxiliary classifier,
+    whose loss is half the training loss, both train; --backbone-lr-mult leaves both at --lr."""
+    name = "deeplabv3_mobilenet_v3_large"
+    model = build_model(name, 4, 3, 32)
+    names = [parameter_name for parameter_name, _ in model.named_parameters()]
+    heads = [n for n in names if n.startswith(("classifier.", "aux_classifier."))]
+    assert any(n.startswith("aux_classifier.") for n in heads)
+    args = parse_args([f"--model={name}", "--optimizer=sgd", "--lr=0.1", "--backbone-lr-mult=0.01"])
+    head_group, backbone_group = train.build_optimizer(model, args).param_groups
+    parameters = dict(model.named_parameters())
+    assert [id(p) for p in head_group["params"]] == [id(parameters[n]) for n in heads]
+    assert head_group["lr"] == 0.1 and backbone_group["lr"] == pytest.approx(0.001)
+    frozen = finetune.freeze(model, "backbone", HEADS[name])
+    assert frozen == [n for n in names if n.startswith("backbone.")]
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == heads
+
+
 def test_pretrained_weights_come_from_the_hub_cache_with_a_new_last_layer(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     name = "lraspp_mobilenet_v3_large"
@@ -350,19 +371,27 @@ def test_missing_voc_files_say_where_they_must_be(tmp_path, capsys):
     assert str(tmp_path / "VOCdevkit" / "VOC2012") in err
 
 
-def test_a_voc_folder_is_read_from_its_files(tmp_path):
-    """DATA_DIR may be VOC2012 itself: JPEGImages, SegmentationClass, ImageSets/Segmentation."""
-    root = tmp_path / "VOC2012"
+def write_voc(root) -> None:
+    """A VOC2012 folder of three images (a and b to train, c to validate): each a red image with
+    a person (class 15) mask, its top two rows ignored (255), and a box of class 1 in b."""
     for folder in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
         (root / folder).mkdir(parents=True)
     for name in ("a", "b", "c"):
         Image.new("RGB", (50, 40), (200, 10, 10)).save(root / "JPEGImages" / f"{name}.jpg")
         mask = Image.new("P", (50, 40), 15)  # person
         mask.paste(IGNORE_INDEX, (0, 0, 50, 2))  # VOC's ignored borders
+        if name == "b":
+            mask.paste(1, (10, 10, 30, 30))
         mask.putpalette(task.palette())  # without one, PIL would renumber the indices
         mask.save(root / "SegmentationClass" / f"{name}.png")
     (root / "ImageSets" / "Segmentation" / "train.txt").write_text("a\nb\n")
     (root / "ImageSets" / "Segmentation" / "val.txt").write_text("c\n")
+
+
+def test_a_voc_folder_is_read_from_its_files(tmp_path):
+    """DATA_DIR may be VOC2012 itself: JPEGImages, SegmentationClass, ImageSets/Segmentation."""
+    root = tmp_path / "VOC2012"
+    write_voc(root)
     args = options("--dataset=voc", f"--data-dir={root}", "--num-classes=21")
     train_set, val_set = dataset.build_datasets(args)
     assert (len(train_set), len(val_set)) == (2, 1)
@@ -372,6 +401,158 @@ def test_a_voc_folder_is_read_from_its_files(tmp_path):
     (root / "JPEGImages" / "b.jpg").unlink()
     with pytest.raises(DatasetError, match=f"{root / 'JPEGImages' / 'b.jpg'} is missing"):
         dataset.build_datasets(args)
+
+
+# ---- --cache -----------------------------------------------------------------------------------
+
+
+def cache_files(data) -> list[str]:
+    return sorted(os.listdir(f"{data}-cache")) if os.path.isdir(f"{data}-cache") else []
+
+
+def assert_same_samples(cached_set, files_set) -> None:
+    """The same images and masks, in the same order (cached masks are uint8, the files' int64)."""
+    assert is_cached(cached_set) and not is_cached(files_set)
+    assert len(cached_set) == len(files_set)
+    for index in range(len(files_set)):
+        (image, mask), (file_image, file_mask) = cached_set[index], files_set[index]
+        assert mask.dtype == torch.uint8
+        assert torch.equal(image, file_image) and torch.equal(mask.long(), file_mask)
+
+
+def test_cache_keeps_images_and_masks_and_trains_as_the_files_do(tmp_path, capsys):
+    data = tmp_path / "data"
+    write_mask_folder(data, count=10, size=(64, 64))
+    (data / "classes.txt").write_text("sky\nbox\n")
+    run_options = [*FOLDER_OPTIONS, f"--data-dir={data}", "--batch-size=3", "--epochs=2"]
+    run_options += ["--augment", "--deterministic"]
+    run_train(tmp_path / "files", *run_options)
+    capsys.readouterr()
+    run_train(tmp_path / "built", *run_options, "--cache")
+    err = capsys.readouterr().err
+    assert "no image cache at" in err and "yet: building it" in err
+    assert "cached 10 images and masks in" in err
+    (images,) = [name for name in cache_files(data) if name.endswith("-32px-3ch.u8")]
+    stem = images.removesuffix(".u8")
+    assert cache_files(data) == sorted([images, f"{stem}.masks.u8", f"{stem}.json"])
+    assert os.path.getsize(data.parent / "data-cache" / images) == 10 * 3 * 32 * 32
+    assert os.path.getsize(data.parent / "data-cache" / f"{stem}.masks.u8") == 10 * 32 * 32
+    run_train(tmp_path / "reused", *run_options, "--cache")
+    assert "building" not in capsys.readouterr().err
+    # The same pixels and masks in the same order: the same training as from the files.
+    for name in ("built", "reused"):
+        assert read_metrics(tmp_path / name) == read_metrics(tmp_path / "files")
+        assert_same_weights(tmp_path / name / "last.pt", tmp_path / "files" / "last.pt")
+    assert checkpoint.load_checkpoint(tmp_path / "reused" / "last.pt")["class_names"] == [
+        "sky",
+        "box",
+    ]
+    files_args = parse_args([*FOLDER_OPTIONS, f"--data-dir={data}"])
+    cached_args = parse_args([*FOLDER_OPTIONS, f"--data-dir={data}", "--cache"])
+    from_cache, from_files = dataset.build_datasets(cached_args), dataset.build_datasets(files_args)
+    for cached_set, files_set in zip(from_cache, from_files, strict=True):
+        assert_same_samples(cached_set, files_set)
+    # Names come from classes.txt as it is now, not as it was when the cache was built.
+    (data / "classes.txt").write_text("ground\nbox\n")
+    assert dataset.class_names(dataset.build_datasets(cached_args)[0]) == ["ground", "box"]
+
+
+def uncompressed_mask(path, top: int) -> torch.Tensor:
+    """Write a mask PNG, a box of class 1 from row `top` down, uncompressed: the same number of
+    bytes whatever the box. Returns the mask a sample holds at --image-size 32."""
+    pixels = torch.zeros(30, 40, dtype=torch.uint8)
+    pixels[top:20, 10:30] = 1
+    mask = Image.fromarray(pixels.numpy())
+    mask.save(path, compress_level=0)
+    return dataset.MaskTransform(32)(mask)
+
+
+def test_a_mask_replaced_with_its_old_size_and_time_rebuilds_the_cache(tmp_path, capsys):
+    """cp -p and rsync -a leave a replaced file with its old size and modification time."""
+    data = tmp_path / "data"
+    write_mask_folder(data)
+    mask_file = data / "train" / "masks" / "0.png"
+    old = uncompressed_mask(mask_file, top=2)
+    args = parse_args([*FOLDER_OPTIONS, f"--data-dir={data}", "--cache", "--workers=0"])
+    train_set, _ = dataset.build_datasets(args)
+    assert torch.equal(train_set.dataset[0][1].long(), old)  # sample 0 of the folder: 0.png
+    before = os.stat(mask_file)
+    new = uncompressed_mask(mask_file, top=12)
+    os.utime(mask_file, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = os.stat(mask_file)
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    assert not torch.equal(new, old)
+    capsys.readouterr()
+    train_set, _ = dataset.build_datasets(args)
+    assert (
+        "is stale (files changed or replaced, keeping their size and modification time): "
+        "building it" in capsys.readouterr().err
+    )
+    assert torch.equal(train_set.dataset[0][1].long(), new)
+
+
+def test_with_cache_masks_are_checked_when_it_is_built_for_the_class_count(tmp_path, capsys):
+    """A class index beyond --num-classes stops the run in one line, leaving no cache; a cache
+    built for more classes is not trusted for fewer: its masks are checked again."""
+    data = tmp_path / "data"
+    write_mask_folder(data)
+    mask = data / "train" / "masks" / "3.png"
+    pixels = torch.zeros(30, 40, dtype=torch.uint8)
+    pixels[5:9, 5:9] = 2
+    Image.fromarray(pixels.numpy()).save(mask)
+    expected = (
+        f"error: mask {mask} has class index 2 but --num-classes is 2: pass --num-classes 3, "
+        "or mark those pixels 255 (ignored)"
+    )
+    assert folder_run_fails(capsys, tmp_path, "--cache") == expected
+    assert cache_files(data) == []
+    run_train(
+        tmp_path / "three", *FOLDER_OPTIONS, f"--data-dir={data}", "--cache", "--num-classes=3"
+    )
+    assert len(cache_files(data)) == 3
+    assert folder_run_fails(capsys, tmp_path, "--cache") == expected
+
+
+def test_a_cache_build_that_fails_half_way_leaves_nothing(tmp_path, capsys, monkeypatch):
+    data = tmp_path / "data"
+    write_mask_folder(data, count=6)
+    decode = cache.Decoding.__getitem__
+
+    def disk_full_at_sample_3(self, index):
+        if index == 3:
+            raise OSError(28, "No space left on device")
+        return decode(self, index)
+
+    monkeypatch.setattr(cache.Decoding, "__getitem__", disk_full_at_sample_3)
+    args = tiny_args(tmp_path / "run", *FOLDER_OPTIONS, f"--data-dir={data}", "--cache")
+    code, err = train_fails(capsys, *args, "--workers=0")
+    assert code == 1
+    assert err.splitlines()[-1].startswith("error: could not write the image cache")
+    assert "No space left on device" in err
+    assert cache_files(data) == [], "no arrays, no manifest, no temporary files"
+
+
+def test_voc_with_cache_gives_the_samples_of_its_files(tmp_path, capsys):
+    root = tmp_path / "VOC2012"
+    write_voc(root)
+    voc = ["--dataset=voc", f"--data-dir={root}", "--num-classes=21", "--workers=0"]
+    from_files = dataset.build_datasets(options(*voc))
+    capsys.readouterr()
+    for _ in range(2):  # built, then read
+        from_cache = dataset.build_datasets(options(*voc, "--cache"))
+        for cached_set, files_set in zip(from_cache, from_files, strict=True):
+            assert_same_samples(cached_set, files_set)
+            assert dataset.class_names(cached_set)[15] == "person"
+    err = capsys.readouterr().err
+    assert err.count("yet: building it") == 2  # train and val, once
+    assert "cached 2 images and masks in" in err and "cached 1 images and masks in" in err
+    assert {1, 15, IGNORE_INDEX} == set(from_cache[0][1][1].unique().tolist())
+
+
+def test_cache_is_for_the_datasets_read_from_files(tmp_path, capsys):
+    code, err = train_fails(capsys, *tiny_args(tmp_path / "run", "--cache"))
+    assert code == 2
+    assert err.startswith("error: --cache is for the datasets read from files (folder, voc)")
 
 
 # ---- predict.py and export.py ------------------------------------------------------------------
@@ -432,3 +613,34 @@ def test_each_export_format_of_the_unet_matches_the_model(trained, tmp_path, fmt
     assert metadata["output"]["shape"] == ["batch", CLASSES, 32, 32]
     assert metadata["input"]["resize"] == "to 32x32 (no crop), bilinear"
     assert metadata["class_names"] == ["background", "shape1", "shape2"]
+
+
+def test_predict_and_export_refuse_to_write_a_file_of_the_run(trained, tmp_path, capsys):
+    """A mask folder or an export under the name of a run's checkpoint or record (runs.RUN_FILES)
+    would replace it, or be taken for it: refused, nothing written."""
+    image = tmp_path / "image.png"
+    Image.new("RGB", (32, 32)).save(image)
+    before = {path.name: path.read_bytes() for path in trained.iterdir() if path.is_file()}
+    step = trained / "step_00000099.pt"
+    for main, arguments, line in [
+        (
+            predict.main,
+            [str(image), f"--output={step}"],
+            f"--output {step} would be taken for one of the run's files (step_*.pt) in {trained}",
+        ),
+        (
+            export.main,
+            ["--format=exported", f"--output={trained / 'last.pt'}"],
+            f"--output {trained / 'last.pt'} would replace last.pt of the run in {trained}",
+        ),
+    ]:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as stopped:
+            main([str(trained / "best.pt"), *arguments])
+        assert stopped.value.code == 2
+        program = "predict.py" if main is predict.main else "export.py"
+        assert capsys.readouterr().err == (
+            f"error: {line}: choose another path (see python {program} --help)\n"
+        )
+    after = {path.name: path.read_bytes() for path in trained.iterdir() if path.is_file()}
+    assert after == before and not step.exists()

@@ -3,14 +3,19 @@ training on it is the same training, bit for bit, as on the image files."""
 
 import json
 import os
+import re
+import signal
 
 import pytest
 import torch
 from conftest import assert_same_weights, read_metrics, run_train, tiny_args, train_fails
+from PIL import Image
 from test_data import write_image_folder
 
 import cache
 import checkpoint
+import dataset
+from options import parse_args
 
 FOLDER = ["--dataset=folder", "--num-classes=2", "--model=lenet", "--batch-size=4", "--epochs=2"]
 FOLDER += ["--image-size=32", "--in-channels=3"]  # the images write_image_folder writes
@@ -83,6 +88,36 @@ def test_a_changed_image_or_another_size_rebuilds(tmp_path, images, capsys):
     assert "has image_size 32, not 16: building it" in capsys.readouterr().err
 
 
+def test_an_image_replaced_with_its_old_size_and_time_rebuilds(tmp_path, images, capsys):
+    """cp -p and rsync -a leave a replaced file with its old size and modification time: the
+    cache sees it changed all the same (its ctime moved) and holds the new pixels."""
+    image = images / "cat" / "0.png"
+
+    def write_uncompressed(seed: int) -> torch.Tensor:
+        """Random pixels as a PNG of the same number of bytes whatever they are."""
+        generator = torch.Generator().manual_seed(seed)
+        pixels = torch.randint(0, 256, (32, 32, 3), generator=generator, dtype=torch.uint8)
+        Image.fromarray(pixels.numpy()).save(image, compress_level=0)
+        return pixels.permute(2, 0, 1)
+
+    old = write_uncompressed(1)
+    args = parse_args([*FOLDER, f"--data-dir={images}", "--cache", "--workers=0"])
+    train_set, _ = dataset.build_datasets(args)
+    assert torch.equal(train_set.dataset[0][0], old)  # sample 0 of the folder: cat/0.png
+    before = os.stat(image)
+    new = write_uncompressed(2)
+    os.utime(image, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = os.stat(image)
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    capsys.readouterr()
+    train_set, _ = dataset.build_datasets(args)
+    assert (
+        "is stale (files changed or replaced, keeping their size and modification time): "
+        "building it" in capsys.readouterr().err
+    )
+    assert torch.equal(train_set.dataset[0][0], new)
+
+
 def test_an_unreadable_image_is_named_or_left_out_and_counted(tmp_path, images, capsys):
     broken = images / "dog" / "3.png"
     broken.write_bytes(broken.read_bytes()[:40])
@@ -118,6 +153,27 @@ def test_a_build_that_fails_half_way_leaves_nothing_to_trust(tmp_path, images, c
     assert cache_files(images) == [], "no array, no manifest, no temporary file"
     train_on(tmp_path, images, "again", "--cache", "--max-steps=1")
     assert "yet: building it" in capsys.readouterr().err
+
+
+def test_ctrl_c_during_a_build_stops_it_and_keeps_nothing(tmp_path, images, capsys, monkeypatch):
+    decode = cache.Decoding.__getitem__
+
+    def interrupted_at_image_10(self, index):
+        if index == 10:
+            os.kill(os.getpid(), signal.SIGINT)
+        return decode(self, index)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(cache.Decoding, "__getitem__", interrupted_at_image_10)
+        code, err = train_fails(capsys, *tiny(tmp_path / "run", images, "--cache", "--workers=0"))
+    assert code == 130
+    assert re.fullmatch(
+        rf"stopped by SIGINT while building the cache {re.escape(str(images))}-cache/\S+\.u8: "
+        "nothing kept; the next run builds it",
+        err.strip().splitlines()[-1],
+    ), err
+    assert cache_files(images) == []
+    assert not (tmp_path / "run").exists()
 
 
 def test_resume_with_cache_augment_and_workers_is_bit_exact(tmp_path, images, monkeypatch):

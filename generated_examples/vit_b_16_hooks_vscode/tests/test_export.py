@@ -2,6 +2,7 @@
 metadata beside it; a failed export names the format (and operator) and leaves no file."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 from conftest import MODEL, PROJECT, run_train
 from test_data import write_image_folder
-from test_predict import one_line_failure, reference_model
+from test_predict import files_in, one_line_failure, reference_model
 
 import checkpoint
 import export
@@ -214,6 +215,49 @@ def test_bad_options_are_one_line_and_exit_2(trained, tmp_path, capsys, argument
     assert code == 2
     assert line.startswith(f"error: {message.format(**names)}")
     assert line.endswith(" (see python export.py --help)")
+
+
+@pytest.mark.parametrize(
+    "output, clash",
+    [
+        ("last.pt", "would replace last.pt of the run in {run}"),
+        ("best.pt", "would replace best.pt of the run in {run}"),
+        ("config", "would replace config.json of the run in {run}"),  # beside it: config.json
+        ("metrics.jsonl", "would replace metrics.jsonl of the run in {run}"),
+        ("step_00000005.pt", "would be taken for one of the run's files (step_*.pt) in {run}"),
+    ],
+)
+def test_an_output_that_would_replace_a_file_of_the_run_is_refused(
+    trained, tmp_path, capsys, output, clash
+):
+    run = tmp_path / "run"
+    shutil.copytree(trained["lenet"].parent, run)
+    before = files_in(run)
+    source = run / ("last.pt" if output == "best.pt" else "best.pt")
+    arguments = [str(source), "--format=torchscript", f"--output={run}/{output}"]
+    code, line = one_line_failure(capsys, export.main, *arguments)
+    assert code == 2
+    assert line == (
+        f"error: --output {run}/{output} {clash.format(run=run)}: choose another path "
+        "(see python export.py --help)"
+    )
+    assert files_in(run) == before  # nothing written, nothing replaced
+
+
+def test_an_output_folder_gets_the_default_name_inside_it(trained, tmp_path, capsys):
+    export.main([str(trained["lenet"]), "--format=torchscript", f"--output={tmp_path}"])
+    assert sorted(item.name for item in tmp_path.iterdir()) == [
+        "last.torchscript.pt",
+        "last.torchscript.pt.json",
+    ]
+    assert f"wrote {tmp_path / 'last.torchscript.pt'} and " in capsys.readouterr().out
+    # The run's own folder is a folder too: the export goes beside the checkpoint.
+    run = tmp_path / "run"
+    shutil.copytree(trained["lenet"].parent, run)
+    before = files_in(run)
+    export.main([str(run / "best.pt"), "--format=exported", f"--output={run}/"])
+    assert files_in(run).keys() - before.keys() == {"best.pt2", "best.pt2.json"}
+    assert all(files_in(run)[name] == data for name, data in before.items())
 
 
 def test_export_runs_as_a_script_without_warnings(trained, tmp_path):

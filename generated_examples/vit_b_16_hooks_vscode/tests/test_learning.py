@@ -9,29 +9,15 @@ checkpoint, which is all a smoke test checks; it stays at chance here.
 import math
 
 import pytest
-from conftest import run_train
+from conftest import LEARN, LEARN_BATCH, LEARNED, run_train
 
-# LeNet on 1,024 32x32 images of 10 kinds of shape, 4 epochs of 32 steps: about 0.43 validation
-# accuracy (0.38 with --augment), where guessing gets 0.1.
-LEARN = [
-    "--model=lenet",
-    "--dataset=synthetic",
-    "--synthetic-size=1024",
-    "--num-classes=10",
-    "--in-channels=3",
-    "--image-size=32",
-    "--epochs=4",
-    "--optimizer=adamw",
-    "--lr=0.003",
-    "--log-every=1000",
-]
-CHANCE = 1 / 10
-LEARNED = 2.5 * CHANCE
+CHANCE = 1 / 10  # LEARNED (conftest.py) is 2.5 times it
 
 
 @pytest.fixture(scope="module")
 def learned(tmp_path_factory) -> dict:
-    return run_train(tmp_path_factory.mktemp("learn") / "run", *LEARN, "--batch-size=32")
+    output_dir = tmp_path_factory.mktemp("learn") / "run"
+    return run_train(output_dir, *LEARN, f"--batch-size={LEARN_BATCH}")
 
 
 def test_synthetic_shapes_are_learned_far_above_chance(learned):
@@ -41,11 +27,12 @@ def test_synthetic_shapes_are_learned_far_above_chance(learned):
 
 def test_accumulated_micro_batches_learn_like_one_batch(learned, tmp_path):
     """Two micro-batches of 16 per step take the same steps as one batch of 32."""
-    accumulated = run_train(tmp_path, *LEARN, "--batch-size=16", "--grad-accum-steps=2")
+    micro_batch = f"--batch-size={LEARN_BATCH // 2}"
+    accumulated = run_train(tmp_path, *LEARN, micro_batch, "--grad-accum-steps=2")
     assert accumulated["val_acc"] >= LEARNED, accumulated
     assert accumulated["val_acc"] == pytest.approx(learned["val_acc"], abs=0.02)
 
 
 def test_augmented_training_learns(tmp_path):
-    augmented = run_train(tmp_path, *LEARN, "--batch-size=32", "--augment")
+    augmented = run_train(tmp_path, *LEARN, f"--batch-size={LEARN_BATCH}", "--augment")
     assert augmented["val_acc"] >= LEARNED, augmented

@@ -71,6 +71,12 @@ def one_line_failure(capsys, main, *args: str) -> tuple[int, str]:
     return code, err.strip()
 
 
+def files_in(folder) -> dict[str, bytes]:
+    """Every file under `folder`: {path relative to it: its bytes}."""
+    files = (path for path in folder.rglob("*") if path.is_file())
+    return {str(path.relative_to(folder)): path.read_bytes() for path in files}
+
+
 def png_paths(folder) -> list[str]:
     return sorted(str(path) for path in folder.rglob("*.png"))
 
@@ -205,6 +211,31 @@ def test_bad_options_are_one_line_and_exit_2(runs, tmp_path, capsys, arguments, 
     assert code == 2
     assert line.startswith(f"error: {message.format(**names)}")
     assert line.endswith(" (see python predict.py --help)")
+
+
+@pytest.mark.parametrize("name", ["config.json", "env.json"])
+def test_an_output_that_would_replace_a_file_of_the_run_is_refused(runs, tmp_path, capsys, name):
+    data, trained = runs
+    run = tmp_path / "run"
+    shutil.copytree(trained["lenet"].parent, run)
+    before = files_in(run)
+    arguments = [str(run / "last.pt"), str(data), f"--output={run / name}"]
+    code, line = one_line_failure(capsys, predict.main, *arguments)
+    assert code == 2
+    assert line == (
+        f"error: --output {run / name} would replace {name} of the run in {run}: "
+        "choose another path (see python predict.py --help)"
+    )
+    assert files_in(run) == before  # nothing written, nothing replaced
+
+
+def test_an_output_folder_gets_predictions_csv_inside_it(runs, tmp_path, capsys):
+    data, trained = runs
+    predict.main([str(trained["lenet"]), str(data), f"--output={tmp_path}"])
+    output = tmp_path / "predictions.csv"
+    assert capsys.readouterr().out.endswith(f"wrote 8 predictions to {output}\n")
+    assert [item.name for item in tmp_path.iterdir()] == ["predictions.csv"]
+    assert output.read_text().startswith("path,rank,class,index,probability")
 
 
 def test_amp_runs_the_model_in_bfloat16(runs, monkeypatch, capsys):

@@ -17,7 +17,7 @@ from files import read_json, write_json
 
 # What an invocation does rather than how the run trains: left out of config.json, so that
 # `--config RUN/config.json` repeats the run's settings without resuming or overwriting anything.
-ACTIONS = ("config", "resume", "overwrite", "eval_only", "summary")
+ACTIONS = ("config", "resume", "overwrite", "eval_only", "summary", "allow_changes")
 
 
 def record_invocation(output_dir: str, args, ctx, template_version: str, resumed: str | None):
@@ -39,6 +39,22 @@ def record_invocation(output_dir: str, args, ctx, template_version: str, resumed
     env_path = os.path.join(output_dir, "env.json")
     invocations = read_json(env_path).get("invocations", [])
     write_json(env_path, {"invocations": [*invocations, entry]})
+
+
+def run_options(folder: str) -> dict | None:
+    """The options the run in `folder` last trained with: config.json, with the changes its
+    latest invocation made (env.json); None if the folder records no run."""
+    first = read_json(os.path.join(folder, "config.json"))
+    if not first:
+        return None
+    invocations = read_json(os.path.join(folder, "env.json")).get("invocations", [])
+    return {**first, **(invocations[-1].get("changed_options", {}) if invocations else {})}
+
+
+def run_world_size(folder: str) -> int | None:
+    """How many processes the latest invocation of the run in `folder` trained with."""
+    invocations = read_json(os.path.join(folder, "env.json")).get("invocations", [])
+    return invocations[-1].get("world_size") if invocations else None
 
 
 def environment(ctx, template_version: str) -> dict:

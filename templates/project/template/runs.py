@@ -9,13 +9,20 @@ How a run stops on a signal is in signals.py; what it records about itself (conf
 env.json) in records.py.
 """
 
+import fnmatch
 import glob
 import os
+import shlex
+import socket
+import sys
 import time
+from contextlib import contextmanager
 
 import distributed
+from files import remove_quietly
 
 RUNS_DIR = "runs"
+LOCK_FILE = "train.lock"  # held by the process training in the folder (see lock_run)
 # What marks a folder as holding a run, and what --overwrite deletes (nothing else).
 RUN_FILES = (
     "last.pt",
@@ -38,6 +45,23 @@ class RunDirError(Exception):
 def run_files(directory: str) -> list[str]:
     paths = (glob.glob(os.path.join(directory, pattern)) for pattern in RUN_FILES)
     return sorted(path for matches in paths for path in matches)
+
+
+def run_file_clash(path: str) -> str | None:
+    """How writing `path` would harm a run, or None: in a folder that holds a run, `path` is the
+    name of one of the run's checkpoints or records (RUN_FILES), which it would replace, or
+    which train.py would take for the run's own (and --overwrite delete)."""
+    path = os.path.normpath(path)
+    for pattern in RUN_FILES:
+        run = path
+        for _ in range(pattern.count("/") + 1):  # features/step_*.pt: the run is two folders up
+            run = os.path.dirname(run) or "."
+        name = os.path.relpath(path, run).replace(os.sep, "/")
+        if fnmatch.fnmatch(name, pattern) and run_files(run):
+            if os.path.exists(path):
+                return f"would replace {name} of the run in {run}"
+            return f"would be taken for one of the run's files ({pattern}) in {run}"
+    return None
 
 
 def new_run_dir(model: str, root: str = RUNS_DIR) -> str:
@@ -76,7 +100,7 @@ def output_dir_problem(args) -> str | None:
     if existing and not args.overwrite and not continues_run(args):
         return (
             f"{folder} already holds a run ({os.path.basename(existing[0])}): continue it with "
-            "--resume auto, start over there with --overwrite, or choose another --output-dir"
+            f"--resume {folder}, start over there with --overwrite, or choose another --output-dir"
         )
     return None
 
@@ -93,27 +117,77 @@ def _choose(args) -> str:
             print(f"resuming the newest run under {RUNS_DIR}/: {newest}")
             return newest
         if args.resume and args.resume != "auto":
-            return os.path.dirname(args.resume) or "."
+            return (
+                args.resume if os.path.isdir(args.resume) else os.path.dirname(args.resume) or "."
+            )
         return new_run_dir(args.model)
     return args.output_dir
 
 
-def prepare_output_dir(output_dir: str, args) -> None:
-    """Make the folder; with --overwrite, delete the run it held (its files only)."""
+class RunLock:
+    """This process's claim on a run folder: while it holds the lock, no other process trains
+    there. The lock is the kernel's (flock), so it goes when the process does, SIGKILL included;
+    the file only says who holds it."""
+
+    def __init__(self, folder: str):
+        import fcntl
+
+        self.file = open(os.path.join(folder, LOCK_FILE), "a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "another process"
+            self.file.close()
+            raise RunDirError(
+                f"{folder} is being trained by {holder}: wait for it to end, or choose another "
+                "--output-dir"
+            ) from None
+        self.file.seek(0)
+        self.file.truncate()
+        command = " ".join(shlex.quote(part) for part in sys.orig_argv)
+        self.file.write(f"process {os.getpid()} on {socket.gethostname()} ({command})\n")
+        self.file.flush()
+
+    def release(self) -> None:
+        """Remove the file, then close it, which releases the lock (a process that opened the
+        file in between fails to take the lock of a file that is gone, and nothing is lost)."""
+        remove_quietly(self.file.name)
+        self.file.close()
+
+
+@contextmanager
+def claim_output_dir(output_dir: str, args):
+    """Make the folder and hold it while the run trains (rank 0 holds its RunLock); with
+    --overwrite, delete the run it held (its files only)."""
+    lock, problem = None, None
     if distributed.is_main_process():
         os.makedirs(output_dir, exist_ok=True)
-        if args.overwrite:
+        try:
+            lock = RunLock(output_dir)
+        except RunDirError as error:
+            problem = str(error)
+        if lock and args.overwrite:
             for path in run_files(output_dir):
                 os.remove(path)
-    distributed.barrier()
+    problem = distributed.broadcast_object(problem)
+    if problem:
+        raise RunDirError(problem)
+    try:
+        yield
+    finally:
+        if lock:
+            lock.release()
 
 
 def continues_run(args) -> bool:
     """Whether --resume continues the run in --output-dir (not one from elsewhere)."""
     if args.resume == "auto":
         return True
-    folder = os.path.dirname(os.path.abspath(args.resume)) if args.resume else None
-    return folder == os.path.abspath(args.output_dir)
+    if not args.resume:
+        return False
+    folder = args.resume if os.path.isdir(args.resume) else os.path.dirname(args.resume)
+    return os.path.abspath(folder) == os.path.abspath(args.output_dir)
 
 
 def find_run_to_evaluate(args) -> str:
@@ -122,3 +196,23 @@ def find_run_to_evaluate(args) -> str:
     if folder is None:
         raise RunDirError(f"no run under {RUNS_DIR}/ to evaluate: pass --resume PATH")
     return folder
+
+
+def resume_command(output_dir: str) -> str:
+    """The command that continues the run in `output_dir`, ready to paste: with torchrun's
+    process counts when there are several processes, as a new job under SLURM."""
+    folder = shlex.quote(output_dir)
+    script = os.path.relpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py"))
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return f"python {script} --resume {folder}"
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+    nodes = world_size // per_node
+    if "SLURM_JOB_ID" in os.environ and os.path.exists(os.path.join("scripts", "slurm.sbatch")):
+        return f"OUTPUT_DIR={folder} sbatch --nodes={nodes} scripts/slurm.sbatch"
+    if nodes == 1:
+        return f"torchrun --standalone --nproc-per-node {per_node} {script} --resume {folder}"
+    return (
+        f"torchrun --nnodes {nodes} --nproc-per-node {per_node} --rdzv-backend c10d "
+        f"--rdzv-endpoint HOST:PORT {script} --resume {folder}  (on each node)"
+    )

@@ -5,6 +5,8 @@ import hashlib
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -116,7 +118,7 @@ def test_resume_auto_without_an_output_dir_continues_the_newest_run(tmp_path, ca
     newest = sorted(os.listdir("runs"))[-1]
     os.utime(os.path.join("runs", newest, "last.pt"))
     capsys.readouterr()
-    train.main([*command, "--epochs=2", "--resume=auto"])
+    train.main([*command, "--epochs=2", "--resume=auto", "--allow-changes"])
     out = capsys.readouterr().out
     assert f"resuming the newest run under runs/: runs/{newest}\n" in out
     assert f"resumed from runs/{newest}/last.pt at epoch 1, step 2\n" in out
@@ -130,8 +132,9 @@ def test_an_output_dir_that_holds_a_run_is_refused_then_overwritten_on_request(t
     code, err = train_fails(capsys, *tiny_args(tmp_path, SMALL, "--max-steps=2"))
     assert code == 2
     assert err == (
-        f"error: {tmp_path} already holds a run (best.pt): continue it with --resume auto, start "
-        "over there with --overwrite, or choose another --output-dir (see python train.py --help)\n"
+        f"error: {tmp_path} already holds a run (best.pt): continue it with --resume {tmp_path}, "
+        "start over there with --overwrite, or choose another --output-dir (see python train.py "
+        "--help)\n"
     )
     assert files_of(tmp_path) == before
     (tmp_path / "notes.txt").write_text("mine")
@@ -159,9 +162,12 @@ def test_a_signal_saves_then_stops_and_resume_auto_is_bit_exact(
     process.send_signal(number)
     _, err = process.communicate(timeout=120)
     assert process.returncode == code, err
+    again = " (press Ctrl-C again to stop at once, without saving)"
     stopped = re.fullmatch(
+        rf"{number.name}: stopping after this step to save a checkpoint"
+        rf"{re.escape(again) if number == signal.SIGINT else ''}\n"
         rf"stopped by {number.name} at step (\d+): saved {re.escape(str(tmp_path))}/last.pt; "
-        r"continue with --resume auto",
+        rf"continue with: python \S*train.py --resume {re.escape(str(tmp_path))}",
         err.strip(),
     )
     assert stopped, err
@@ -195,7 +201,11 @@ def test_a_second_sigint_stops_at_once_and_keeps_the_last_checkpoint(tmp_path):
     resumed.send_signal(signal.SIGINT)  # the second one: stop now
     _, err = resumed.communicate(timeout=60)
     assert resumed.returncode == 130, err
-    assert err.strip() == "stopped by a second SIGINT: not saved"
+    assert err.strip().splitlines() == [
+        "SIGINT: stopping after this step to save a checkpoint (press Ctrl-C again to stop at "
+        "once, without saving)",
+        "stopped by a second SIGINT: not saved",
+    ]
     assert "Traceback" not in err
     assert (tmp_path / "run" / "last.pt").read_bytes() == before
     assert not [name for name in os.listdir(tmp_path / "run") if ".tmp-" in name]
@@ -254,13 +264,20 @@ BAD_OPTIONS = [
     (["--logger=csv"], 2, "unknown --logger csv; choose from: jsonl"),
     (["--eval-only"], 2, "--eval-only needs weights: pass --resume PATH (or auto)"),
     (["--overwrite", "--resume=auto"], 2, "--overwrite starts the run over, --resume continues"),
-    (["--resume=missing.pt"], 2, "--resume missing.pt: no such file"),
+    (["--resume=missing.pt"], 2, "--resume missing.pt: no such run folder or checkpoint"),
+    (["--image-size=100000"], 2, "argument --image-size: must be at most 4096, got 100000"),
+    (["--seed=-1"], 2, "argument --seed: must be at least 0, got -1"),
+    ([f"--seed={2**70}"], 2, f"argument --seed: must be at most 2147483647, got {2**70}"),
     (["--init-from=missing.pt"], 2, "--init-from missing.pt: no such file"),
     (["--output-dir=notes.txt"], 2, "--output-dir notes.txt is a file, not a folder"),
     (["--output-dir=notes.txt/run"], 2, "--output-dir notes.txt/run is inside a file"),
     (["--output-dir=EARLIER"], 2, "EARLIER already holds a run (best.pt)"),
     (["--batch-size=8", "--grad-accum-steps=9"], 2, "32 training samples give no optimizer step"),
-    (["--resume=EARLIER/last.pt", "--num-classes=3"], 1, "EARLIER/last.pt was saved with"),
+    (
+        ["--resume=EARLIER/last.pt", "--num-classes=3"],
+        2,
+        "EARLIER was trained with --num-classes 10; this command changes that to --num-classes 3",
+    ),
     (
         ["--eval-only", "--resume=EARLIER/last.pt", f"--model={OTHER_MODEL}"],
         1,
@@ -304,6 +321,23 @@ def test_bad_options_are_one_line_and_change_nothing(
     assert files_of(earlier_run) == before
     assert not output_dir.exists()
     assert sorted(os.listdir(tmp_path)) == ["notes.txt"]
+
+
+def test_a_mistyped_number_is_answered_before_torch_is_imported(tmp_path):
+    """With torch made unimportable, train.py still answers a bad --lr: it never got that far."""
+    no_torch = (
+        "import runpy, sys\n"
+        "sys.modules['torch'] = None  # any import of torch now fails\n"
+        "sys.argv = ['train.py', '--lr=abc']\n"
+        f"runpy.run_path({os.path.join(PROJECT, 'train.py')!r}, run_name='__main__')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", no_torch], cwd=PROJECT, capture_output=True, text=True
+    )
+    assert (done.returncode, done.stderr) == (
+        2,
+        "error: argument --lr: expected a number, got 'abc' (see python train.py --help)\n",
+    )
 
 
 def test_the_table_is_long_enough():
