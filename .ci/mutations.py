@@ -361,6 +361,14 @@ MUTATIONS = (
         '    pytest.skip("no CUDA device")\n',
         ("tests/test_variants.py::test_the_generated_test_suite_passes_on_cpu[resnet34_cifar10]",),
     ),
+    Mutation(
+        "step-loss-of-the-last-micro-batch",
+        "project",
+        "train.py",
+        "        values = values.view(len(micro_batches), -1).mean(dim=0)\n",
+        "        values = values.view(len(micro_batches), -1)[-1]\n",
+        (BEHAVIOUR + "test_a_logged_step_loss_is_the_mean_over_its_micro_batches",),
+    ),
     # Resume is one command that loses nothing (tests/test_resume.py).
     Mutation(
         "resume-forgets-the-runs-options",

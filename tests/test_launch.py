@@ -30,8 +30,9 @@ RANK_NAMES = ["Train: rank 0 of 2", "Train: rank 1 of 2"]
 
 # Appended to every train.py command line (argparse: the last value wins): two steps of 8 images.
 SHORT = ["--max-steps", "2", "--fake-size", "32", "--batch-size", "8"]
-# "Train" stops at step 2 of 4, mid-epoch; resuming it runs steps 3 and 4.
-EXTRA = {"Train: resume last": ["--max-steps", "4"]}
+# "Train" stops at step 2 of 4, mid-epoch; resuming it runs steps 3 and 4 (a longer run than it
+# was started as: a change of its course, which --resume accepts with --allow-changes).
+EXTRA = {"Train: resume last": ["--max-steps", "4", "--allow-changes"]}
 # What each run must print, beyond exiting 0.
 EVIDENCE = {
     "Train": "epoch 1: train_loss",

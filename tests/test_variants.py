@@ -342,7 +342,7 @@ def generated_pytest(tmp_path: Path, *args: str) -> list[str]:
 
 # Why a generated test may skip: anything else (a test that skips for no good reason, or a suite
 # that skips everything) fails the run. On a machine with a GPU, other reasons apply.
-CPU_SKIPS = {"no CUDA device", "this project has no hooks/ package"}
+CPU_SKIPS = {"no CUDA device", "this project has no hooks/ package", "scripts/ comes with --ddp"}
 GPU_SKIPS = {"this machine has a CUDA device", "needs 2 CUDA devices, this machine has 1"}
 
 
@@ -387,11 +387,33 @@ def slow_variant(variant: Variant):
     )
 
 
+# Files of the generated suite whose tests train SMALL_MODEL on data drawn in code whatever the
+# variant's model and dataset, through code no variant option changes: of the full suites, one per
+# task runs them (with --ddp, for sweep.sbatch's test), and the others leave them out.
+SHARED_FILES = ("tests/test_behaviour.py", "tests/test_resume.py", "tests/test_sweep.py")
+RUN_SHARED_FILES = {"resnet18_ddp_vscode", "seg_unet_minimal"}
+
+
+def full_suite(variant: Variant) -> list[str]:
+    if variant.name in RUN_SHARED_FILES:
+        return []
+    return [f"--ignore={path}" for path in SHARED_FILES]
+
+
+def test_the_shared_files_run_in_a_full_suite_of_every_task():
+    runners = [variant for variant in VARIANTS if variant.name in RUN_SHARED_FILES]
+    assert len(runners) == len(RUN_SHARED_FILES), "RUN_SHARED_FILES names a variant that is gone"
+    assert all(variant.suite == "full" for variant in runners)
+    assert {variant.task for variant in runners} == {variant.task for variant in VARIANTS}
+    assert any(variant.ddp for variant in runners), "sweep.sbatch's test needs --ddp"
+    assert set(SHARED_FILES) <= set(ALWAYS)
+
+
 @pytest.mark.parametrize("variant", [slow_variant(variant) for variant in SELECTED])
 def test_the_generated_test_suite_passes_on_cpu(tmp_path, variant):
     create_project(variant.project(tmp_path), git=False)
     project = tmp_path / variant.name
-    selection = [] if variant.suite == "full" else focused_tests(variant)
+    selection = full_suite(variant) if variant.suite == "full" else focused_tests(variant)
     code, output = run_in_project(generated_pytest(tmp_path, *selection), project, SUITE_TIMEOUT)
     if code == 4 and "not found" in output:
         pytest.fail(

@@ -178,7 +178,7 @@ def train_one_epoch(model: nn.Module, progress: Progress, loop: Loop, args) -> N
     with progress_bar as bar:
         while progress.step_in_epoch < loop.steps_per_epoch and progress.step < loop.total_steps:
             logged = is_logged(progress.step + 1, args.log_every, loop.total_steps)
-            step_losses: dict[str, torch.Tensor] = {}  # the step's mean loss and its parts
+            micro_batch_losses = []  # of a logged step: each micro-batch's loss and its parts
             for micro_step in range(accumulate):
                 batch = task.prepare(next(batches), device, loop.preprocess)
                 # Under DDP, gradients are averaged once per optimizer step, not every micro-batch.
@@ -187,9 +187,9 @@ def train_one_epoch(model: nn.Module, progress: Progress, loop: Loop, args) -> N
                         loss, parts = task.loss(model, batch)
                     loop.scaler.scale(loss / accumulate if accumulate > 1 else loss).backward()
                 progress.loss_sum += loss.detach()
-                losses = {"loss": loss, **{f"loss_{name}": part for name, part in parts.items()}}
-                for name, value in losses.items():
-                    step_losses[name] = step_losses.get(name, 0) + value.detach() / accumulate
+                if logged:
+                    named = {f"loss_{name}": part for name, part in parts.items()}
+                    micro_batch_losses.append({"loss": loss, **named})
             if args.clip_grad_norm:
                 loop.scaler.unscale_(loop.optimizer)
                 nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad_norm)
@@ -204,7 +204,7 @@ def train_one_epoch(model: nn.Module, progress: Progress, loop: Loop, args) -> N
 
             if logged:
                 # The one host-device sync of a logged step; un-logged steps have none.
-                means = step_means(step_losses)
+                means = step_means(micro_batch_losses)
                 step_loss = means["loss"]
                 if not math.isfinite(step_loss):
                     raise FloatingPointError(
@@ -220,10 +220,15 @@ def train_one_epoch(model: nn.Module, progress: Progress, loop: Loop, args) -> N
                 break
 
 
-def step_means(losses: dict[str, torch.Tensor]) -> dict[str, float]:
-    """The step's losses, averaged over processes, as numbers (one sync for all of them)."""
-    values = torch.stack([value.detach().float() for value in losses.values()])
-    return dict(zip(losses, distributed.all_reduce_mean(values).tolist(), strict=True))
+def step_means(micro_batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+    """The step's losses, averaged over its micro-batches and over processes, as numbers (one
+    sync for all of them)."""
+    values = torch.stack(
+        [loss.detach().float() for losses in micro_batches for loss in losses.values()]
+    )
+    if len(micro_batches) > 1:
+        values = values.view(len(micro_batches), -1).mean(dim=0)
+    return dict(zip(micro_batches[0], distributed.all_reduce_mean(values).tolist(), strict=True))
 
 
 def is_logged(step: int, log_every: int, last_step: int) -> bool:

@@ -184,3 +184,13 @@ def test_train_loss_is_the_mean_per_sample_under_gradient_accumulation(tmp_path)
     whole = run_train(tmp_path / "whole", *options, "--batch-size=16")
     assert accumulated["step"] == whole["step"] == 2
     assert accumulated["train_loss"] == pytest.approx(whole["train_loss"], rel=1e-5)
+
+
+def test_a_logged_step_loss_is_the_mean_over_its_micro_batches(tmp_path):
+    """Two micro-batches of 8 log the loss of the 16 samples, not the last 8's."""
+    one_step = [*PER_SAMPLE, "--max-steps=1", "--log-every=1"]
+    run_train(tmp_path / "accumulated", *one_step, "--batch-size=8", "--grad-accum-steps=2")
+    run_train(tmp_path / "whole", *one_step, "--batch-size=16")
+    (accumulated,) = step_lines(tmp_path / "accumulated")
+    (whole,) = step_lines(tmp_path / "whole")
+    assert accumulated["loss"] == pytest.approx(whole["loss"], rel=1e-5)
