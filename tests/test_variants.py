@@ -409,12 +409,7 @@ def test_the_shared_files_run_in_a_full_suite_of_every_task():
     assert set(SHARED_FILES) <= set(ALWAYS)
 
 
-# The full suites first: pytest-xdist hands the variants' groups out in this order, and a long
-# suite started last would run on alone at the end.
-LONGEST_FIRST = sorted(SELECTED, key=lambda variant: variant.suite != "full")
-
-
-@pytest.mark.parametrize("variant", [slow_variant(variant) for variant in LONGEST_FIRST])
+@pytest.mark.parametrize("variant", [slow_variant(variant) for variant in SELECTED])
 def test_the_generated_test_suite_passes_on_cpu(tmp_path, variant):
     create_project(variant.project(tmp_path), git=False)
     project = tmp_path / variant.name
