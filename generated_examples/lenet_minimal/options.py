@@ -251,11 +251,8 @@ def config_arguments(path: str, parser: argparse.ArgumentParser) -> list[str]:
 
         try:
             values = yaml.safe_load(text)
-        except yaml.YAMLError as error:  # its message spans lines: the place and the problem
-            mark = getattr(error, "problem_mark", None)
-            place = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-            parser.error(f"--config {path} is not valid YAML{place}: {problem}")
+        except yaml.YAMLError as error:
+            parser.error(f"--config {path} is not valid YAML{yaml_problem(error)}")
     else:
         try:
             values = json.loads(text)
@@ -398,6 +395,13 @@ def option_text(name: str, value) -> str:
     if value is False or value is None:
         return f"{option}=<unset>"
     return f"{option} {value}"
+
+
+def yaml_problem(error) -> str:
+    """A yaml.YAMLError in one line (its message spans several): where, and what is wrong."""
+    mark = getattr(error, "problem_mark", None)
+    place = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    return f"{place}: {getattr(error, 'problem', None) or str(error).splitlines()[0]}"
 
 
 def options_problem(args) -> str | None:

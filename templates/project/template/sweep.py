@@ -96,11 +96,10 @@ def read_space(path: str) -> dict:
         raise SweepError(f"{path}: {error.strerror}") from None
     except UnicodeDecodeError:
         raise SweepError(f"{path} is not a text file: pass a YAML file") from None
-    except yaml.YAMLError as error:  # its message spans lines: the place and the problem
-        mark = getattr(error, "problem_mark", None)
-        place = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-        raise SweepError(f"{path} is not valid YAML{place}: {problem}") from None
+    except yaml.YAMLError as error:
+        from options import yaml_problem
+
+        raise SweepError(f"{path} is not valid YAML{yaml_problem(error)}") from None
     if not isinstance(space, dict):
         raise SweepError(f"{path} must hold a mapping: metric, direction, pruner, params, fixed")
     unknown = sorted(set(space) - {"metric", "direction", "pruner", "params", "fixed"})
