@@ -41,7 +41,7 @@ bundles: install
 	$(BIN)/python -m scaffold.release
 
 test: install bundles
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --durations=25
 
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow"

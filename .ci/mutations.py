@@ -34,6 +34,8 @@ PROJECTS = {
     "project": ["--model", "lenet"],
     "ddp": ["--model", "lenet", "--ddp"],
     "resnet": ["--model", "resnet18", "--no-hooks"],
+    "lm": ["--task", "lm", "--model", "gpt_tiny"],
+    "detection": ["--task", "detection", "--model", "tiny_rcnn"],
 }
 
 
@@ -52,8 +54,10 @@ RUNS = "tests/test_runs.py::"
 LEARNING = "tests/test_learning.py::"
 BEHAVIOUR = "tests/test_behaviour.py::"
 DDP = "tests/test_ddp.py::"
+FSDP = "tests/test_fsdp.py::"
 RESUME = "tests/test_resume.py::"
 SWEEP = "tests/test_sweep.py::"
+LM = "tests/test_lm.py::"
 MUTATIONS = (
     # Breaks that leave a finite loss and a saved checkpoint: only a run that must learn sees them.
     Mutation(
@@ -173,8 +177,8 @@ MUTATIONS = (
         "resume-disabled",
         "project",
         "checkpoint.py",
-        "    for path in checkpoints_in(directory):\n",
-        "    for path in []:\n",
+        "    return first_that_loads(directory, checkpoints_in(directory), load_checkpoint)\n",
+        "    return first_that_loads(directory, [], load_checkpoint)\n",
         (
             TRAIN + "test_resume_is_bit_exact",
             TRAIN + "test_sigkill_then_resume_auto_matches_uninterrupted",
@@ -249,7 +253,7 @@ MUTATIONS = (
     Mutation(
         "augmentation-ignored",
         "project",
-        "pipeline.py",
+        "image_pipeline.py",
         "            if self.augment:\n                images, masks = random_crop_and_flip",
         "            if False:\n                images, masks = random_crop_and_flip",
         (TRAIN + "test_augment_crops_and_flips_each_image",),
@@ -297,12 +301,45 @@ MUTATIONS = (
         (TRAIN + "test_gradient_accumulation_matches_one_big_batch",),
     ),
     Mutation(
+        "sharded-rng-not-restored",
+        "ddp",
+        "sharded.py",
+        "        checkpoint.restore_rng_state(state, distributed.get_rank(), "
+        "distributed.get_world_size())\n",
+        "",
+        (FSDP + "test_killed_while_saving_then_resume_auto_ends_like_an_uninterrupted_run",),
+    ),
+    Mutation(
+        "resumed-position-counts-the-old-accumulation",
+        "ddp",
+        "train.py",
+        "        skip = progress.step_in_epoch * args.grad_accum_steps * args.batch_size\n",
+        "        skip = progress.step_in_epoch * 2 * args.batch_size\n",
+        (FSDP + "test_one_process_resumes_two_with_their_state_and_their_sample_order",),
+    ),
+    Mutation(
+        "sharded-folder-trusted-without-metadata",
+        "ddp",
+        "sharded.py",
+        "    if not os.path.isfile(os.path.join(folder, METADATA)):\n",
+        "    if False:\n",
+        (FSDP + "test_consolidating_an_incomplete_folder_is_refused",),
+    ),
+    Mutation(
         "validation-not-summed-across-ranks",
         "ddp",
         "train.py",
-        "    return task.metrics(distributed.all_reduce_sums(totals))\n",
+        "    return task.metrics(task.gather(totals))\n",
         "    return task.metrics(totals)\n",
         ("tests/test_ddp.py::test_validation_is_exact_for_an_uneven_split",),
+    ),
+    Mutation(
+        "detections-of-other-processes-dropped",
+        "detection",
+        "task.py",
+        '    for shard in distributed.all_gather_object(totals["images"]):\n',
+        '    for shard in [totals["images"]]:\n',
+        ("tests/test_detection.py::test_two_processes_report_exactly_the_figures_of_one",),
     ),
     Mutation(
         "stale-cache-trusted",
@@ -348,8 +385,8 @@ MUTATIONS = (
         "make-test-deselects-the-slow-tests",
         "repo",
         "Makefile",
-        "\t$(BIN)/python -m pytest -n $(PYTEST_WORKERS)\n",
-        '\t$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -m "not slow"\n',
+        "\t$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --durations=25\n",
+        '\t$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --durations=25 -m "not slow"\n',
         ("tests/test_workflow.py::test_make_test_runs_every_test",),
     ),
     Mutation(
@@ -491,12 +528,86 @@ MUTATIONS = (
         (SWEEP + "test_kill_9_of_run_mid_trial_then_run_again_finishes_each_trial_once_exactly",),
     ),
     Mutation(
+        "stale-heartbeat-ignored",
+        "project",
+        "sweep.py",
+        "    if age > stale:\n",
+        "    if False:\n",
+        (SWEEP + "test_reap_takes_an_owner_elsewhere_for_gone_once_its_heartbeat_is_stale",),
+    ),
+    Mutation(
+        "squeue-not-asked",
+        "project",
+        "sweep.py",
+        "    queued = slurm_job_queued(job)\n",
+        "    queued = None\n",
+        (SWEEP + "test_reap_asks_squeue_whether_the_job_of_an_owner_elsewhere_still_runs",),
+    ),
+    Mutation(
+        "heartbeat-beats-once",
+        "project",
+        "sweep.py",
+        "    thread.start()\n",
+        "",
+        (SWEEP + "test_a_trial_s_heartbeat_is_touched_while_it_trains_and_stops_after",),
+    ),
+    Mutation(
+        "sweep-record-without-the-template-options",
+        "project",
+        "sweep.py",
+        '            "scaffold_new": records.scaffold_command(project),\n',
+        "",
+        (SWEEP + "test_the_sweep_records_how_it_started",),
+    ),
+    Mutation(
+        "sweep-plot-drops-a-trial",
+        "project",
+        "plot.py",
+        "    for trial in study.get_trials(deepcopy=False):\n",
+        "    for trial in study.get_trials(deepcopy=False)[:-1]:\n",
+        (SWEEP + "test_plot_draws_each_trial_s_curve_and_each_parameter_against_the_metric",),
+    ),
+    Mutation(
+        "sweep-plot-drops-a-parameter",
+        "project",
+        "plot.py",
+        '    names = list(space["params"])\n',
+        '    names = list(space["params"])[:-1]\n',
+        (SWEEP + "test_plot_draws_each_trial_s_curve_and_each_parameter_against_the_metric",),
+    ),
+    Mutation(
         "new-force-overwrites-uncommitted-edits",
         "repo",
         "scaffold/render.py",
         "    if uncommitted:\n        raise ScaffoldError(",
         "    if False:\n        raise ScaffoldError(",
         ("tests/test_cli.py::test_force_refuses_to_overwrite_uncommitted_changes",),
+    ),
+    # The language model: attention that sees the future, a last validation window that counts
+    # its targets twice, an output layer that is not the embedding.
+    Mutation(
+        "lm-attention-not-causal",
+        "lm",
+        "model.py",
+        "is_causal=True",
+        "is_causal=False",
+        (f"{LM}test_gpt_gives_logits_for_every_position_and_each_sees_only_the_past",),
+    ),
+    Mutation(
+        "lm-last-window-counted-twice",
+        "lm",
+        "dataset.py",
+        "        targets[: counted_from - start] = IGNORE_INDEX\n",
+        "",
+        (f"{LM}test_validation_counts_every_target_once_and_its_loss_is_exact",),
+    ),
+    Mutation(
+        "lm-untied-output-layer",
+        "lm",
+        "model.py",
+        "        self.lm_head.weight = self.token_embedding.weight  # tied: one matrix, both ends\n",
+        "",
+        (f"{LM}test_the_output_layer_is_the_token_embedding",),
     ),
 )
 

@@ -7,12 +7,12 @@ torch DataLoader over the same dataset, the same number of optimizer steps; with
 --channels-last the same autocast, GradScaler and memory format. The same essential work on the
 data too: the datasets yield uint8 images, and both loops convert and normalize whole batches on
 the training device with the same three operators (to float, multiply, subtract), as the
-project's pipeline.Preprocess does without --augment. The loss is the same cross-entropy, written
-in place: where the generated loop goes through task.prepare and task.loss (the task module of the
-project), this one stays a plain PyTorch loop; for a segmentation project (batches of images and
-masks) the per-pixel cross-entropy that skips the ignore value 255, nn.CrossEntropyLoss's own.
-Nothing else: no progress bar, no metrics, no running loss, no LR schedule, no validation, no
-checkpoint, no hooks.
+project's image_pipeline.Preprocess does without --augment. The loss is the same cross-entropy,
+written in place: where the generated loop goes through task.prepare and task.loss (the task
+module of the project), this one stays a plain PyTorch loop; for a segmentation project (batches
+of images and masks) the per-pixel cross-entropy that skips the ignore value 255,
+nn.CrossEntropyLoss's own. Nothing else: no progress bar, no metrics, no running loss, no LR
+schedule, no validation, no checkpoint, no hooks.
 
 As a script (for peak-RSS measurements, figure 6):
 
@@ -28,8 +28,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-MEAN, STD = 0.5, 0.5  # the project's pipeline.MEAN and STD
-IGNORE_INDEX = 255  # a segmentation project's pipeline.IGNORE_INDEX: mask pixels no loss counts
+MEAN, STD = 0.5, 0.5  # the project's image_pipeline.MEAN and STD
+IGNORE_INDEX = 255  # a segmentation project's image_pipeline.IGNORE_INDEX: pixels no loss counts
 # train.py's SGD defaults (tests/test_benchmarks.py checks them against a generated options.py)
 LR, MOMENTUM, WEIGHT_DECAY = 0.01, 0.9, 1e-4
 ADAMW_LR = 0.001  # and with --optimizer adamw, a segmentation project's default

@@ -405,7 +405,9 @@ def pipeline_worker(config: dict) -> dict:
     start = time.perf_counter()
     cache_set, _ = dataset.build_datasets(cache_args)
     open_seconds = time.perf_counter() - start
-    assert pipeline.is_cached(cache_set), "build_datasets(cache=True) gave no CachedImages"
+    assert pipeline.reads_whole_batches(
+        cache_set
+    ), "build_datasets(cache=True) gave no CachedImages"
     import cache
 
     old_args = data_options(

@@ -8,10 +8,10 @@ args = predict.parse_args([checkpoint, folder, --device cpu, --batch-size 64, --
 parse_args (which lists the images) runs before the timing. The wall time of the call holds all
 that a run of predict.py does after its imports: reading the checkpoint and building the model,
 starting W DataLoader worker processes (each call starts its own), opening and decoding every
-PNG (PIL, then pipeline.image_transform: resize, crop, uint8 tensor), collating the batches,
-pipeline.Preprocess (floats, normalized), the model in eval mode under torch.no_grad, softmax and
-top-5 (task.Predictions), and one printed line per image (stdout sent to /dev/null). W is 2,
-predict.py's default, and 0.
+PNG (PIL, then image_pipeline.image_transform: resize, crop, uint8 tensor), collating the
+batches, image_pipeline.Preprocess (floats, normalized), the model in eval mode under
+torch.no_grad, softmax and top-5 (task.Predictions), and one printed line per image (stdout sent
+to /dev/null). W is 2, predict.py's default, and 0.
 
 Bare loop: the same model (predict.load_trained_model: eval mode), under torch.no_grad, model(x)
 over the same images already decoded and normalized, held in memory as float batches of 64: no
@@ -117,7 +117,7 @@ def worker(config: dict) -> dict:
     import torch
 
     sys.path.insert(0, config["project"])
-    import pipeline
+    import image_pipeline
     import predict
     import train
     from data_pipeline import make_images
@@ -144,7 +144,7 @@ def worker(config: dict) -> dict:
 
     model, state = predict.load_trained_model(checkpoint)
     files = predict.ImageFiles(paths, state["args"]["in_channels"], state["args"]["image_size"])
-    preprocess = pipeline.Preprocess()
+    preprocess = image_pipeline.Preprocess()
     batches = [
         preprocess(
             torch.stack([files[index][0] for index in range(start, min(start + BATCH, count))])

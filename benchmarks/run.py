@@ -26,6 +26,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# The scaffold of this checkout, before any copy the venv installed (an editable install of
+# another checkout, a worktree's main): the projects measured are rendered from these templates.
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import cli_startup  # noqa: E402
 import data_pipeline  # noqa: E402
@@ -34,6 +37,7 @@ import generation  # noqa: E402
 import memory  # noqa: E402
 import op_count  # noqa: E402
 import prediction  # noqa: E402
+import sweep_overhead  # noqa: E402
 import trackers  # noqa: E402
 import training  # noqa: E402
 from common import ROOT, Context, Row, load_average, machine  # noqa: E402
@@ -48,6 +52,7 @@ FIGURES = {
     7: ("Operators per step", op_count),
     8: ("predict.py throughput", prediction),
     9: ("Experiment trackers", trackers),
+    10: ("Sweep overhead", sweep_overhead),
 }
 # Written by first_losses.py, and by hand from `time make demo` in a fresh clone: kept by every run.
 KEPT_SECTIONS = ["losses at default flags", "make demo"]
@@ -88,8 +93,9 @@ def cuda_available() -> bool:
 
 
 def render_projects(work: Path) -> dict[str, Path]:
-    """The projects the training figures run: the default one (hooks on), a --ddp one, and a
-    segmentation one (figure 3's U-Net)."""
+    """The projects the training figures run: the default one (hooks on), a --ddp one, a
+    segmentation one (figure 3's U-Net), a language-model one (figure 3's GPT) and a detection
+    one (figure 3's Faster R-CNN)."""
     from scaffold.options import NewProject
     from scaffold.render import create_project
 
@@ -98,6 +104,8 @@ def render_projects(work: Path) -> dict[str, Path]:
         ("plain", "classification", "lenet", False),
         ("ddp", "classification", "lenet", True),
         ("segmentation", "segmentation", "unet", False),
+        ("lm", "lm", "gpt_tiny", False),
+        ("detection", "detection", "tiny_rcnn", False),
     ):
         dest = work / f"proj_{key}"
         create_project(NewProject(dest=dest, task=task, model=model, ddp=ddp_on), git=False)

@@ -57,6 +57,39 @@ swapped in as above). train.py runs as generated, through the segmentation task.
 moves each mask with its image, task.loss is the per-pixel cross-entropy over the pixels that are
 not 255, the optimizer AdamW, a segmentation project's default); the bare loop trains the same
 U-Net with nn.CrossEntropyLoss(ignore_index=255) and the same AdamW.
+
+Language model: the same comparison for a language-model project (scaffold new --task lm --model
+gpt_tiny), CPU only, quoted in tokens per second (optimizer steps x batch x block size, the
+targets a step trains on): the GPT (0.11M parameters, byte-level vocabulary of 256) on windows of
+64 tokens of the project's synthetic language (--dataset synthetic: dataset.build_datasets builds
+its TrainingWindows of (inputs, targets) int64 windows once, in memory, swapped in as above).
+train.py runs as generated, through the LM task.py (task.prepare moves both windows, task.loss is
+token_cross_entropy: the mean next-token cross-entropy over the targets that are not -100), with
+an LM project's defaults: AdamW, cosine schedule, --clip-grad-norm 1.0. The bare loop
+(bare_lm_train, nanoGPT's loop without its extras) trains the same GPT, seeded as train.py seeds
+it, on a plain DataLoader over the same windows: F.cross_entropy of the flattened logits, the same
+AdamW, and clip_grad_norm_ to 1.0 too, the same work. The pieces of train.py's step are not
+timed apart for it: they cost what they cost LeNet's loop (about 0.1 ms a step in all), and a
+step of gpt_tiny takes 20 to 28 ms of CPU time on the 2-core machine these figures come from, so
+they are well below the noise of its windows; the hooks' cost is its own row.
+
+Detection: the same comparison for a detection project (scaffold new --task detection --model
+tiny_rcnn), CPU only: the small Faster R-CNN (0.25M parameters, 10 classes counting the
+background) on 32x32 images of the project's synthetic shapes (--dataset synthetic: 0 to 3 shapes
+an image, each with its box and class; the samples dataset.build_datasets gives, drawn once into
+a list in memory and swapped in as above). train.py runs as generated, through the detection
+task.py (task.COLLATE stacks the images and keeps each image's targets in a list, task.prepare
+moves them and scales the uint8 images to [0, 1], task.loss is the sum of the losses the detector
+returns in train mode), with a detection project's defaults: AdamW, cosine schedule, no clipping.
+The bare loop (bare_detection_train, torchvision's reference detection loop without its extras)
+trains the same detector, seeded as train.py seeds it (before building it, and again before the
+first step: the detector samples anchors and proposals from the global generator; in a session
+the loops' threads share it, so their draws differ, but not their number, fixed per image), on a
+plain DataLoader over the same samples in the same order (train.py's first-epoch permutation):
+images.float().div_(255), the sum of model(list(images), targets)'s losses, the same AdamW, the
+same work. A step of tiny_rcnn at batch 32 takes about 0.2 s of CPU time, so the pieces of
+train.py's step (about 0.1 ms in all for LeNet) are not timed apart for it either; the hooks'
+cost is its own row.
 """
 
 from __future__ import annotations
@@ -87,7 +120,7 @@ from common import (  # noqa: E402
     worker_main,
 )
 
-EPOCH_SAMPLES = 50_000  # a CIFAR-10-sized epoch, to put the checkpoint cost in proportion
+EPOCH_SAMPLES = 50_000  # a CIFAR-10-sized epoch (windows, for an LM), to size the checkpoint cost
 WINDOW = 10  # steps per timed window: train.py's default --log-every
 NEVER = ["--log-every", "1000000000"]  # no logged step within a run
 HOOKS = ["--hooks", "activations,gradients"]
@@ -99,6 +132,8 @@ FULL = {
     ("lenet", "cpu"): (32, 221, 20, 4),
     ("resnet18", "cpu"): (32, 36, 5, 2),
     ("unet", "cpu"): (32, 36, 5, 3),
+    ("gpt_tiny", "cpu"): (16, 61, 10, 3),
+    ("tiny_rcnn", "cpu"): (32, 33, 2, 2),
     ("lenet", "cuda"): (32, 420, 20, 7),
     ("resnet18", "cuda"): (32, 220, 20, 5),
 }
@@ -106,6 +141,8 @@ QUICK = {
     ("lenet", "cpu"): (32, 31, 10, 1),
     ("resnet18", "cpu"): (32, 12, 1, 1),
     ("unet", "cpu"): (32, 12, 1, 1),
+    ("gpt_tiny", "cpu"): (16, 21, 10, 1),
+    ("tiny_rcnn", "cpu"): (32, 12, 1, 1),
     ("lenet", "cuda"): (32, 120, 20, 1),
     ("resnet18", "cuda"): (32, 60, 20, 1),
 }
@@ -120,8 +157,22 @@ VARIANTS = {
 }
 MAIN = ["default", "hooks"]
 # model -> the project it trains in (run.render_projects); each device's models, in order
-PROJECTS = {"lenet": "plain", "resnet18": "plain", "unet": "segmentation"}
-MODELS = {"cpu": ("lenet", "resnet18", "unet"), "cuda": ("lenet", "resnet18")}
+PROJECTS = {
+    "lenet": "plain",
+    "resnet18": "plain",
+    "unet": "segmentation",
+    "gpt_tiny": "lm",
+    "tiny_rcnn": "detection",
+}
+MODELS = {
+    "cpu": ("lenet", "resnet18", "unet", "gpt_tiny", "tiny_rcnn"),
+    "cuda": ("lenet", "resnet18"),
+}
+BLOCK_SIZE = 64  # tokens of a language model's window (gpt_tiny's own block size)
+# A language-model project's defaults (tests/test_benchmarks.py checks them against its options.py)
+LM_LR, LM_WEIGHT_DECAY, LM_CLIP_GRAD_NORM = 0.001, 1e-4, 1.0
+# A detection project's defaults (checked by tests/test_benchmarks.py too): AdamW, no clipping
+DETECTION_LR, DETECTION_WEIGHT_DECAY = 0.001, 1e-4
 TARGETS = {"default": 0.98, "hooks": 0.90}
 # piece -> (variant with it, variant without it): its cost per step is the difference
 PIECES = {
@@ -160,13 +211,15 @@ def measure(ctx: Context) -> list[Row]:
         for model in MODELS[device]:
             batch, steps, warmup, reps = (QUICK if ctx.quick else FULL)[(model, device)]
             project = PROJECTS[model]
-            data_name = "synthetic" if project == "segmentation" else "fake"
-            name = f"{model}, {label}, batch {batch}"
+            data_name = "fake" if project == "plain" else "synthetic"
+            lm = project == "lm"
+            name = f"{model}, {label}, batch {batch}" + (f" x {BLOCK_SIZE} tokens" if lm else "")
+            unit = "tokens/s" if lm else "steps/s"
             if device not in ctx.devices:
                 reason = NO_GPU if device == "cuda" and not ctx.cuda_available else "--device"
                 for variant, flags in (("default", "default flags"), ("hooks", "hooks on")):
                     rows.append(
-                        Row(3, f"steps/s {name}, {flags}", "—", "—", None,
+                        Row(3, f"{unit} {name}, {flags}", "—", "—", None,
                             f">= {TARGETS[variant]}", f"not measured: {reason}")
                     )  # fmt: skip
                 if device == "cuda":
@@ -180,24 +233,49 @@ def measure(ctx: Context) -> list[Row]:
                 variants = MAIN
             ctx.log(f"training loop: {model} on {device}, {reps} x {steps} steps, {variants}")
             flags = " ".join(gpu_flags(device))
-            where = " (segmentation project; images and masks)" if project != "plain" else ""
+            where = {
+                "plain": "",
+                "segmentation": " (segmentation project; images and masks)",
+                "lm": " (LM project; token windows)",
+                "detection": " (detection project; images and boxes)",
+            }[project]
+            size = f" --synthetic-size {lm_text_size(batch, steps)} --block-size {BLOCK_SIZE}"
             ctx.record(
                 3,
-                f"in-process train.main(): --model {model} --dataset {data_name} --batch-size "
-                f"{batch} --workers 0 --epochs 1 --max-steps {steps} --device {device} {flags} "
-                "[--hooks activations,gradients] --output-dir $WORK/... (datasets: in-memory)"
-                + where,
+                f"in-process train.main(): --model {model} --dataset {data_name}"
+                + (size if lm else "")
+                + f" --batch-size {batch} --workers 0 --epochs 1 --max-steps {steps} --device "
+                f"{device} {flags} [--hooks activations,gradients] --output-dir $WORK/... "
+                "(datasets: in-memory)" + where,
             )
-            ctx.record(
-                3,
-                f"in-process bare_loop.bare_train(build_model({model!r}, 10, 3, 32), "
-                f"DataLoader(in-memory, batch_size={batch}, shuffle=True), {steps}, {device!r})",
-            )
+            if lm:
+                ctx.record(
+                    3,
+                    f"in-process training.bare_lm_train(model_from_options(model={model!r}, "
+                    f"vocab_size=256, block_size={BLOCK_SIZE}), DataLoader(the same "
+                    f"TrainingWindows, batch_size={batch}, shuffle=True), {steps}, {device!r})",
+                )
+            elif project == "detection":
+                ctx.record(
+                    3,
+                    f"in-process training.bare_detection_train(build_model({model!r}, 10, 3, 32), "
+                    f"DataLoader(the same shapes, batch_size={batch}, sampler=train.py's "
+                    f"first-epoch order, collate_fn=detection_collate), {steps}, {device!r})",
+                )
+            else:
+                ctx.record(
+                    3,
+                    f"in-process bare_loop.bare_train(build_model({model!r}, 10, 3, 32), "
+                    f"DataLoader(in-memory, batch_size={batch}, shuffle=True), {steps}, "
+                    f"{device!r})",
+                )
             result = run_worker(
                 "training",
                 {
                     "project": str(ctx.projects[project]),
                     "segmentation": project == "segmentation",
+                    "lm": lm,
+                    "detection": project == "detection",
                     "model": model,
                     "device": device,
                     "batch": batch,
@@ -213,22 +291,29 @@ def measure(ctx: Context) -> list[Row]:
                 env=MALLOC,
             )
             ctx.shared[("train", model, device)] = result
-            rows += result_rows(name, batch, result)
+            rows += result_rows(name, batch, result, BLOCK_SIZE if lm else None)
     return rows
 
 
-def result_rows(name: str, batch: int, result: dict) -> list[Row]:
+def lm_text_size(batch: int, steps: int) -> int:
+    """--synthetic-size of a language-model run: `steps` batches of windows and the last target."""
+    return batch * steps * BLOCK_SIZE + 1
+
+
+def result_rows(name: str, batch: int, result: dict, block_size: int | None = None) -> list[Row]:
+    """The rows of one (model, device); with `block_size` (a language model) in tokens/s."""
     clock = result["clock"]
     basis = "CPU time" if clock == "cpu" else "wall time"
+    unit, per_step = ("tokens/s", batch * block_size) if block_size else ("steps/s", 1)
     rows = []
 
     def speed(*kinds) -> str:
-        """Median steps/s of these loops, wall clock (and per CPU-second on CPU)."""
+        """Median steps/s (tokens/s) of these loops, wall clock (and per CPU-second on CPU)."""
         wall = median([value for kind in kinds for value in result["rates"]["wall"][kind]])
-        text = rate(wall, "steps/s")
+        text = rate(wall * per_step, unit)
         if clock == "cpu":
             cpu = median([value for kind in kinds for value in result["rates"]["cpu"][kind]])
-            text += f" ({rate(cpu, 'per CPU-s')})"
+            text += f" ({rate(cpu * per_step, 'per CPU-s')})"
         return text
 
     for variant, flags in (
@@ -245,7 +330,7 @@ def result_rows(name: str, batch: int, result: dict) -> list[Row]:
         rows.append(
             Row(
                 3,
-                f"steps/s {name}, {flags}",
+                f"{unit} {name}, {flags}",
                 speed(variant),
                 speed("bare", "again") + " bare",
                 ratio,
@@ -293,7 +378,7 @@ def result_rows(name: str, batch: int, result: dict) -> list[Row]:
             3,
             f"checkpoint per epoch, {name} ({result['checkpoint_mib']:.1f} MiB)",
             f"{save * 1000:.0f} ms",
-            f"{epoch:.0f} s epoch of {EPOCH_SAMPLES:,} samples",
+            f"{epoch:.0f} s epoch of {EPOCH_SAMPLES:,} {'windows' if block_size else 'samples'}",
             None,
             "",
             "info",
@@ -323,6 +408,81 @@ def attribution(result: dict) -> dict[str, float] | None:
     return costs
 
 
+def bare_lm_train(model, loader, steps: int, device: str = "cpu") -> None:
+    """The plainest loop that trains a language model as an LM project's train.py does, at its
+    defaults: `steps` optimizer steps of `model` over `loader`'s (inputs, targets) windows
+    (epochs repeat as needed), the mean next-token cross-entropy, AdamW and gradients clipped to
+    norm 1.0. Nothing else: no task module, schedule, running loss, bar, metrics or checkpoint."""
+    import torch
+    from torch import nn
+    from torch.nn import functional
+
+    device = torch.device(device)
+    model.to(device)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LM_LR, weight_decay=LM_WEIGHT_DECAY)
+    step = 0
+    while step < steps:
+        for inputs, targets in loader:
+            inputs = inputs.to(device, non_blocking=True)
+            targets = targets.to(device, non_blocking=True)
+            logits = model(inputs)
+            loss = functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), LM_CLIP_GRAD_NORM)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            if step == steps:
+                break
+
+
+def detection_collate(samples: list) -> tuple:
+    """Detection samples -> (images stacked, targets as a list: each image has its own number of
+    boxes), as torchvision's reference detection scripts batch them (there as tuples)."""
+    import torch
+
+    images, targets = zip(*samples, strict=True)
+    return torch.stack(images), list(targets)
+
+
+def bare_detection_train(model, loader, steps: int, device: str = "cpu", seed: int = 0) -> None:
+    """The plainest loop that trains a detector as a detection project's train.py does, at its
+    defaults: `steps` optimizer steps of `model` over `loader`'s (uint8 images, targets) batches
+    (epochs repeat as needed), images scaled to [0, 1] (the detector normalizes them itself), the
+    sum of the losses the detector returns in train mode, and AdamW. Nothing else: no task
+    module, schedule, running loss, bar, metrics or checkpoint. The global generator is seeded
+    with `seed` before the first step, as train.py seeds it after building the model: the
+    detector samples its anchors and proposals from it."""
+    import torch
+
+    device = torch.device(device)
+    model.to(device)
+    model.train()
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=DETECTION_LR, weight_decay=DETECTION_WEIGHT_DECAY
+    )
+    torch.manual_seed(seed)
+    step = 0
+    while step < steps:
+        for images, targets in loader:
+            images = images.to(device, non_blocking=True).float().div_(255)
+            targets = [{name: value.to(device) for name, value in t.items()} for t in targets]
+            loss = sum(model(list(images), targets).values())
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            if step == steps:
+                break
+
+
+def in_memory_samples(dataset, size: int | None = None) -> list:
+    """The first `size` samples of `dataset` (all of them with None), drawn once into a list."""
+    count = len(dataset) if size is None else min(size, len(dataset))
+    return [dataset[index] for index in range(count)]
+
+
 # ---- the worker -------------------------------------------------------------------------------
 
 
@@ -335,15 +495,32 @@ def worker(config: dict) -> dict:
     sys.path.insert(0, config["project"])
     import checkpoint
     import dataset
+    import model as project_model
     import train
     from bare_loop import bare_train, plain_loader
-    from model import build_model
 
     model_name, device = config["model"], config["device"]
     batch, steps, warmup = config["batch"], config["steps"], config["warmup"]
     cuda = device == "cuda"
     optimizer = "sgd"  # train.py's default in a classification project
-    if config.get("segmentation"):
+    if config.get("lm"):
+        import options
+
+        data_flags = [
+            "--dataset", "synthetic", "--synthetic-size", str(lm_text_size(batch, steps)),
+            "--block-size", str(BLOCK_SIZE),
+        ]  # fmt: skip
+        train_set, val_set = dataset.build_datasets(options.parse_args(data_flags))
+        vocab_size = dataset.options_from_data(train_set)["vocab_size"]
+    elif config.get("detection"):
+        import options
+
+        data_flags = ["--dataset", "synthetic", "--synthetic-size", str(batch * steps)]
+        shapes_train, shapes_val = dataset.build_datasets(options.parse_args(data_flags))
+        train_set = in_memory_samples(shapes_train)
+        val_set = in_memory_samples(shapes_val, batch)  # validated at the end of each run
+        optimizer = "adamw"  # a detection project's default
+    elif config.get("segmentation"):
         train_set, val_set = in_memory_masks(torch, batch * steps, batch * 2)
         data_flags = ["--dataset", "synthetic", "--synthetic-size", str(batch * steps)]
         optimizer = "adamw"  # and in a segmentation one
@@ -392,9 +569,25 @@ def worker(config: dict) -> dict:
         ])  # fmt: skip
 
     def run_bare(n_steps: int) -> None:
-        torch.manual_seed(0)
-        model = build_model(model_name, 10, 3, 32)
+        torch.manual_seed(0)  # train.py's --seed, before it builds the model
         loader = plain_loader(train_set, batch, 0, cuda)
+        if config.get("lm"):
+            sizes = dict.fromkeys(project_model.OVERRIDABLE) | {"block_size": BLOCK_SIZE}
+            chosen = {"model": model_name, "vocab_size": vocab_size, **sizes}
+            bare_lm_train(project_model.model_from_options(chosen), loader, n_steps, device)
+            return
+        if config.get("detection"):
+            from torch.utils.data import DataLoader
+
+            # train.py's ShardedSampler order for epoch 0 of one process: the same batches.
+            order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(0))
+            loader = DataLoader(
+                train_set, batch_size=batch, sampler=order.tolist(), collate_fn=detection_collate
+            )
+            model = project_model.build_model(model_name, 10, 3, 32)
+            bare_detection_train(model, loader, n_steps, device)
+            return
+        model = project_model.build_model(model_name, 10, 3, 32)
         bare_train(model, loader, n_steps, device, cuda, cuda, optimizer)
 
     def run(kind: str, n_steps: int) -> None:

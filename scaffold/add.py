@@ -42,8 +42,16 @@ BUILTIN_NAMES = {"hook": {*BUILTIN_HOOKS, "base"}, "model": set(MODELS), "datase
 # Names a new component's class or builder must not take: what its own module imports.
 TAKEN_NAMES = {
     "hook": {"Hook", "ActivationStats", "GradientNorms", "NanCheck"},
-    "model": set(),
+    "model": {"CausalConvBlock"},  # a language model's blocks
     "dataset": {"Dataset"},
+}
+# The tasks whose datasets `scaffold add dataset` writes (an image and its label or mask).
+DATASET_TASKS = ("classification", "segmentation")
+# What HEADS (model.py) names as the heads of the model `scaffold add model` writes, by task.
+MODEL_HEADS = {
+    "classification": '"head"',
+    "segmentation": '"head"',
+    "detection": '("rpn", "roi_heads")',
 }
 NEXT_STEPS = {
     "hook": "python train.py --hooks {name} --max-steps 20",
@@ -154,13 +162,22 @@ def plan_hook(root: Path, answers: dict, name: str, kind: str, force: bool) -> l
 def plan_model_or_dataset(
     component: str, root: Path, answers: dict, name: str, force: bool
 ) -> list[FileChange]:
+    # A project from before --task (0.2.0) classifies.
+    task = answers.get("task", "classification")
+    if component == "dataset" and task not in DATASET_TASKS:
+        raise UsageError(
+            f"`scaffold add dataset` writes {' and '.join(DATASET_TASKS)} datasets; for "
+            f'--task {task}, edit dataset.py (its README\'s "Where to change what" says where)'
+        )
     class_name = camel_case(name)
     if component == "model":
+        # A language model's output layer is its token embedding: it has no head to name.
+        heads = [("HEADS", name, MODEL_HEADS[task])] if task in MODEL_HEADS else []
         registration = Registration(
             "model.py",
             f"model_{name}",
             class_name,
-            [("CUSTOM_MODELS", name, class_name), ("HEADS", name, '"head"')],
+            [("CUSTOM_MODELS", name, class_name), *heads],
             keep_existing={"HEADS"},
         )
     else:
@@ -168,8 +185,7 @@ def plan_model_or_dataset(
         registration = Registration(
             "dataset.py", f"dataset_{name}", builder, [("DATASETS", name, builder)]
         )
-    # A project from before --task (0.2.0) classifies.
-    data = {"name": name, "class_name": class_name, "task": answers.get("task", "classification")}
+    data = {"name": name, "class_name": class_name, "task": task}
     return plan_registered(component, root, name, data, registration, force)
 
 

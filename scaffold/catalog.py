@@ -2,8 +2,8 @@
 
 A project learns one task (`scaffold new --task`); each task has its own models and datasets and
 its own default of each. Model names are unique across tasks, so MODELS maps a name to its spec;
-dataset names are not (both tasks have `synthetic` and `folder`, which mean different files), so a
-dataset is named by its task and its name.
+dataset names are not (every task has `synthetic`, and two have `folder`, which mean different
+files), so a dataset is named by its task and its name.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 CLASSIFICATION = "classification"
 SEGMENTATION = "segmentation"
+DETECTION = "detection"
+LM = "lm"
 
 
 @dataclass(frozen=True)
@@ -20,6 +22,7 @@ class TaskSpec:
     description: str
     default_model: str
     default_dataset: str
+    images: bool = True  # False: no image options (--image-size, --in-channels, --num-classes)
 
 
 TASKS: dict[str, TaskSpec] = {
@@ -37,6 +40,19 @@ TASKS: dict[str, TaskSpec] = {
             "unet",
             "synthetic",
         ),
+        TaskSpec(
+            DETECTION,
+            "boxes and their classes: the detector's own losses, COCO mAP",
+            "tiny_rcnn",
+            "synthetic",
+        ),
+        TaskSpec(
+            LM,
+            "the next token of text: cross-entropy, perplexity and bits per byte",
+            "gpt_mini",
+            "synthetic",
+            images=False,
+        ),
     ]
 }
 DEFAULT_TASK = CLASSIFICATION
@@ -53,6 +69,8 @@ class ModelSpec:
     # image_size must be a multiple of this: an encoder-decoder that halves the resolution
     # log2(stride) times and doubles it back, joining each level to its skip connection.
     stride: int | None = None
+    # Another size of this model: the same code with other numbers (gpt_mini of gpt_tiny).
+    size_of: str | None = None
 
     def image_size_problem(self, image_size: int) -> str | None:
         """Why `image_size` cannot work for this model, or None when it can."""
@@ -141,6 +159,69 @@ MODELS: dict[str, ModelSpec] = {
             32,
             "DeepLabV3 ResNet-50, 39.6M parameters",
         ),
+        ModelSpec(
+            "tiny_rcnn",
+            DETECTION,
+            "custom",
+            32,
+            "a small Faster R-CNN of our own (four convolutions), 0.25M parameters, for CPU work",
+        ),
+        ModelSpec(
+            "fasterrcnn_mobilenet_v3_large_320_fpn",
+            DETECTION,
+            "torchvision",
+            32,
+            "Faster R-CNN MobileNetV3-Large 320 FPN, 19.0M parameters",
+        ),
+        ModelSpec(
+            "fasterrcnn_resnet50_fpn_v2",
+            DETECTION,
+            "torchvision",
+            32,
+            "Faster R-CNN ResNet-50 FPN v2, 43.3M parameters",
+        ),
+        ModelSpec(
+            "retinanet_resnet50_fpn_v2",
+            DETECTION,
+            "torchvision",
+            32,
+            "RetinaNet ResNet-50 FPN v2, 36.5M parameters",
+        ),
+        ModelSpec(
+            "fcos_resnet50_fpn",
+            DETECTION,
+            "torchvision",
+            32,
+            "FCOS ResNet-50 FPN, 32.1M parameters",
+        ),
+        ModelSpec(
+            "ssdlite320_mobilenet_v3_large",
+            DETECTION,
+            "torchvision",
+            32,
+            "SSDlite320 MobileNetV3-Large (always 320x320), 2.3M parameters",
+        ),
+        # Language models take no images: min_image_size 0 is never checked (TaskSpec.images).
+        ModelSpec("gpt_tiny", LM, "custom", 0, "GPT, 2 layers of 64, 121k parameters (tests)"),
+        ModelSpec(
+            "gpt_mini", LM, "custom", 0, "GPT, 4 layers of 256, 3.3M parameters", size_of="gpt_tiny"
+        ),
+        ModelSpec(
+            "gpt_small",
+            LM,
+            "custom",
+            0,
+            "GPT, 6 layers of 384, 10.8M parameters",
+            size_of="gpt_tiny",
+        ),
+        ModelSpec(
+            "gpt2",
+            LM,
+            "custom",
+            0,
+            "GPT-2 small's shape, 12 layers of 768, 86M parameters",
+            size_of="gpt_tiny",
+        ),
     ]
 }
 
@@ -179,6 +260,23 @@ DATASET_SPECS: tuple[DatasetSpec, ...] = (
     ),
     DatasetSpec(
         "voc", SEGMENTATION, "Pascal VOC 2012 layout read from a local folder (no download)"
+    ),
+    DatasetSpec(
+        "synthetic",
+        DETECTION,
+        "shapes drawn in code with their boxes (some images have none); seeded, learnable",
+    ),
+    DatasetSpec(
+        "coco",
+        DETECTION,
+        "the COCO layout read from --data-dir: train/ and val/ image folders with "
+        "annotations/instances_train.json and instances_val.json (no download)",
+    ),
+    DatasetSpec("synthetic", LM, "a seeded synthetic language drawn in code: learnable, no files"),
+    DatasetSpec(
+        "text",
+        LM,
+        "text files at --data-dir: train.txt and val.txt, a folder of files, or one file",
     ),
 )
 

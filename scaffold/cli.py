@@ -240,9 +240,10 @@ def list_models(task: TaskFilter = None) -> None:
     width = max(map(len, MODELS))
     for spec in [spec for name in chosen_tasks(task) for spec in task_models(name).values()]:
         rule = f"; --image-size a multiple of {spec.size_multiple}" if spec.size_multiple else ""
+        least = f"min image {spec.min_image_size:<3}" if TASKS[spec.task].images else " " * 13
         typer.echo(
             f"{spec.name:<{width}}  {spec.task:<14}  {spec.source:<11}  "
-            f"min image {spec.min_image_size:<3}  {spec.description}{rule}"
+            f"{least}  {spec.description}{rule}"
         )
 
 

@@ -43,12 +43,13 @@ MAX_IMAGE_SIZE = 4096
 # distributions of one name), so these names are refused. Spelled as pip and Python spell them.
 DEPENDENCIES = (
     "torch torchvision tqdm numpy pillow pyyaml yaml matplotlib tensorboard mlflow wandb onnx "
-    "onnxruntime onnxscript optuna pytest black ruff typer copier"
+    "onnxruntime onnxscript optuna pycocotools pytest black ruff typer copier"
 ).split()
 # tests/test_options.py checks that every top-level module the template writes is here.
 PROJECT_MODULES = (
     "train options model dataset cache checkpoint distributed hooks summary plot compare predict "
-    "export loggers runs tests conftest task pipeline finetune shapes files signals records sweep"
+    "export loggers runs tests conftest task pipeline image_pipeline finetune shapes files signals "
+    "records sweep sharded"
 ).split()
 
 
@@ -94,6 +95,9 @@ def check_project_name(name: str) -> None:
 
 
 NOT_AN_ANSWER = {"answer": False}
+# The answers about images, which a task without them (catalog.TaskSpec.images) neither asks nor
+# records.
+IMAGE_ANSWERS = ("image_size", "in_channels", "num_classes")
 
 
 @dataclass(frozen=True)
@@ -128,8 +132,13 @@ class NewProject:
         return self.dest.name
 
     def answers(self) -> dict[str, object]:
-        """{answer: value} of every choice, in declaration order."""
-        return {name: getattr(self, name) for name in answer_names()}
+        """{answer: value} of every choice of the project's task, in declaration order."""
+        images = self.task not in TASKS or TASKS[self.task].images
+        return {
+            name: getattr(self, name)
+            for name in answer_names()
+            if images or name not in IMAGE_ANSWERS
+        }
 
     def validate(self) -> None:
         check_project_name(self.name)
@@ -141,6 +150,11 @@ class NewProject:
                 raise UsageError(
                     f"model {self.model} is for --task {MODELS[self.model].task}; "
                     f"choose one of: {', '.join(models)}"
+                )
+            spelled = self.model.replace("-", "_")
+            if spelled in models:
+                raise UsageError(
+                    f"unknown model {self.model!r}: model names use '_', say {spelled}"
                 )
             raise UsageError(f"unknown model {self.model!r}; choose one of: {', '.join(models)}")
         datasets = task_datasets(self.task)
@@ -154,6 +168,14 @@ class NewProject:
             raise UsageError(
                 f"unknown dataset {self.dataset!r}; choose one of: {', '.join(datasets)}"
             )
+        if not TASKS[self.task].images:
+            for name in IMAGE_ANSWERS:
+                if getattr(self, name) != default_answer(name):
+                    raise UsageError(
+                        f"{option_name(name)} is for the image tasks, not --task {self.task}: "
+                        "drop it"
+                    )
+            return
         for option, value, low, high in [
             ("--num-classes", self.num_classes, 2, MAX_CLASSES),
             ("--in-channels", self.in_channels, 1, MAX_CHANNELS),

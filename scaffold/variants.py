@@ -1,8 +1,9 @@
 """The declared variants: named combinations of `scaffold new` options that CI renders and tests.
 
-Not the full product (14 models of 2 tasks x their datasets x 2^3 booleans), but a small list
+Not the full product (the models of 4 tasks x their datasets x 2^3 booleans), but a small list
 chosen so that
-    - every model of every task appears once (each variant has its own model),
+    - every model of every task appears once (each variant has its own model; the sizes of one
+      network, such as gpt_tiny ... gpt2, count as one model),
     - every dataset of every task (a task's `folder` is not another's), and both values of every
       boolean option, appear at least once,
     - every pair of the boolean options ddp, vscode and hooks takes all four value combinations
@@ -82,13 +83,24 @@ class Variant:
                 flags.append(f"{option}={value}")
         return flags
 
+    @property
+    def images(self) -> bool:
+        """Whether the variant's task learns from images (the files of the `images` key)."""
+        return TASKS[self.task].images
+
+    def shape(self) -> str:
+        """The images the variant's models take ("32px 3ch"); "-" for a task without images."""
+        if self.images:
+            return f"{self.image_size:>3}px {self.in_channels}ch"
+        return "-"
+
     def summary(self, width: int = 0) -> str:
         options = self.options()
         features = [name for name in BOOLEAN_OPTIONS if options[name]] or ["minimal"]
         return (
             f"{self.name:<{width}}  {options['task']:<{max(map(len, TASKS))}}  "
             f"{self.model:<{max(map(len, MODELS))}}  {self.dataset:<{max(map(len, DATASETS))}}  "
-            f"{self.image_size:>3}px {self.in_channels}ch  {'+'.join(features):<16}  "
+            f"{self.shape():<9}  {'+'.join(features):<16}  "
             f"suite={self.suite:<7}  group={self.group}"
         )
 
@@ -96,8 +108,8 @@ class Variant:
 # ddp/vscode/hooks:       F F F, T T F, F T T, T F T are the four pairwise rows; the rest vary.
 VARIANTS: tuple[Variant, ...] = (
     Variant("lenet_minimal", "lenet", dataset="synthetic", suite="full", group=1),
-    Variant("resnet18_ddp_vscode", "resnet18", ddp=True, vscode=True, suite="full", group=2),
-    Variant("vit_b_16_hooks_vscode", "vit_b_16", vscode=True, hooks=True, suite="full", group=1),
+    Variant("resnet18_ddp_vscode", "resnet18", ddp=True, vscode=True, group=2),
+    Variant("vit_b_16_hooks_vscode", "vit_b_16", vscode=True, hooks=True, group=1),
     Variant(
         "mlp_mnist_ddp_hooks",
         "mlp",
@@ -160,6 +172,35 @@ VARIANTS: tuple[Variant, ...] = (
         num_classes=21,
         group=2,
     ),
+    Variant(
+        "det_tiny_rcnn_ddp_hooks",
+        "tiny_rcnn",
+        task="detection",
+        ddp=True,
+        hooks=True,
+        suite="full",
+        group=3,
+    ),
+    Variant(
+        "det_fasterrcnn_mobilenet_coco",
+        "fasterrcnn_mobilenet_v3_large_320_fpn",
+        task="detection",
+        dataset="coco",
+        vscode=True,
+        group=1,
+    ),
+    Variant(
+        "det_fasterrcnn_resnet50_hooks",
+        "fasterrcnn_resnet50_fpn_v2",
+        task="detection",
+        hooks=True,
+        group=2,
+    ),
+    Variant("det_retinanet_ddp", "retinanet_resnet50_fpn_v2", task="detection", ddp=True, group=3),
+    Variant("det_fcos_vscode", "fcos_resnet50_fpn", task="detection", vscode=True, group=1),
+    Variant("det_ssdlite_minimal", "ssdlite320_mobilenet_v3_large", task="detection", group=2),
+    Variant("lm_gpt_tiny_ddp_hooks", "gpt_tiny", task="lm", ddp=True, hooks=True, suite="full"),
+    Variant("lm_gpt_mini_text", "gpt_mini", task="lm", dataset="text", vscode=True, group=2),
 )
 
 # Rendered in full under generated_examples/ by `scaffold examples`, and checked by a test.
@@ -168,6 +209,7 @@ EXAMPLES: tuple[str, ...] = (
     "resnet18_ddp_vscode",
     "vit_b_16_hooks_vscode",
     "seg_unet_minimal",
+    "lm_gpt_tiny_ddp_hooks",
 )
 
 BY_NAME: dict[str, Variant] = {variant.name: variant for variant in VARIANTS}
@@ -192,9 +234,11 @@ def check_coverage(variants: tuple[Variant, ...] = VARIANTS) -> list[str]:
             problems.append(f"{variant.name}: suite must be one of {SUITES}, not {variant.suite!r}")
     for task in TASKS:
         chosen = [variant for variant in variants if variant.options()["task"] == task]
-        for model in task_models(task):
-            if model not in {variant.model for variant in chosen}:
-                problems.append(f"no variant uses {task} model {model}")
+        for model, spec in task_models(task).items():
+            # The sizes of one network (gpt_tiny ... gpt2) are one model: its tests check each
+            # size's shape, and a variant of the smallest runs the code they share.
+            if not {model, spec.size_of} & {variant.model for variant in chosen}:
+                problems.append(f"no variant uses {task} model {spec.size_of or model}")
         for dataset in task_datasets(task):
             if dataset not in {variant.dataset for variant in chosen}:
                 problems.append(f"no variant uses {task} dataset {dataset}")

@@ -528,9 +528,13 @@ def test_added_components_work_in_a_hand_edited_project(project, capsys):
     assert "from hooks.zzz_mine import Mine\n" in registry and '"mine": Mine,' in registry
     assert (project / "train.py").read_text() == train_before
 
+    # The generated tests that go through the registries (every hook of HOOKS, every model of
+    # MODEL_NAMES) and those of the data. The rest of the suite does not depend on what was
+    # added, and test_variants.py runs it.
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1"}
+    registry_tests = ["tests/test_hooks.py", "tests/test_summary.py", "tests/test_data.py"]
     tests = subprocess.run(
-        [PYTHON, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider"],
+        [PYTHON, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *registry_tests],
         cwd=project,
         capture_output=True,
         text=True,
@@ -602,3 +606,104 @@ print(json.dumps(metrics))
     metrics = json.loads(run.stdout.strip().splitlines()[-1])
     assert metrics["step"] == 2 and 0 <= metrics["val_miou"] <= 1
     assert set(metrics) >= {"val_loss", "val_miou", "val_pixel_acc", "val_iou/0"}
+
+
+def test_a_language_model_project_gets_a_language_model(tmp_path, capsys):
+    """The added model is causal (later tokens change no earlier logit), trains on the synthetic
+    language without an edit, and predict.py generates with it from its checkpoint alone."""
+    project = render(tmp_path, "words", task="lm", model="gpt_tiny")
+    registry_before = (project / "model.py").read_text()
+    code, out, err = run_cli(capsys, "add", "model", "byte_conv", "-C", str(project))
+    assert (code, err) == (0, "")
+    assert actions(out) == [
+        ("create", "model_byte_conv.py"),
+        ("create", ".copier-answers.model-byte_conv.yml"),
+        ("update", "model.py"),
+    ]
+    registry = (project / "model.py").read_text()
+    added = set(registry.splitlines()) - set(registry_before.splitlines())
+    assert added == {
+        "from model_byte_conv import ByteConv",
+        'CUSTOM_MODELS: dict[str, type[nn.Module]] = {"byte_conv": ByteConv}',
+    }
+    check_clean(project, ["model_byte_conv.py", "model.py"])
+    script = """
+import json, math, torch, model, predict, train
+net = model.build_model("byte_conv", 256, {"n_layer": None, "n_head": None, "n_embd": 32,
+                                            "block_size": None, "dropout": None})
+tokens = torch.randint(0, 256, (2, 64), generator=torch.Generator().manual_seed(0))
+changed = tokens.clone()
+changed[:, 40:] = (changed[:, 40:] + 1) % 256
+with torch.no_grad():
+    before, after = net(tokens), net(changed)
+assert before.shape == (2, 64, 256)
+assert torch.equal(before[:, :40], after[:, :40]) and not torch.equal(before[:, 40:], after[:, 40:])
+metrics = train.main(["--model", "byte_conv", "--dataset", "synthetic", "--tokenizer", "byte",
+                      "--synthetic-size", "20000", "--max-steps", "40", "--epochs", "1",
+                      "--lr", "0.003", "--device", "cpu", "--workers", "0",
+                      "--output-dir", "runs/added"])
+texts = predict.main(["runs/added/best.pt", "The dog", "--max-new-tokens", "8", "--seed", "1"])
+print(json.dumps({"val_loss": metrics["val_loss"], "chance": math.log(256), "texts": texts}))
+"""
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(
+        [PYTHON, "-c", script], cwd=project, capture_output=True, text=True, env=env, timeout=600
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["val_loss"] < result["chance"] - 2  # learnt far more than the byte frequencies
+    [text] = result["texts"]
+    assert text.startswith("The dog") and len(text) > len("The dog")
+
+
+def test_a_detection_project_gets_a_detector(tmp_path, capsys):
+    """The added detector is registered with its detection heads, trains on the synthetic shapes
+    without an edit, and --freeze backbone leaves exactly its heads training."""
+    project = render(tmp_path, "boxes", task="detection", model="tiny_rcnn")
+    registry_before = (project / "model.py").read_text()
+    code, out, err = run_cli(capsys, "add", "model", "small_rcnn", "-C", str(project))
+    assert (code, err) == (0, "")
+    assert actions(out) == [
+        ("create", "model_small_rcnn.py"),
+        ("create", ".copier-answers.model-small_rcnn.yml"),
+        ("update", "model.py"),
+    ]
+    registry = (project / "model.py").read_text()
+    added = set(registry.splitlines()) - set(registry_before.splitlines())
+    assert added == {
+        "from model_small_rcnn import SmallRcnn",
+        'CUSTOM_MODELS = {"tiny_rcnn": tiny_rcnn, "small_rcnn": SmallRcnn}',
+        '    "small_rcnn": ("rpn", "roi_heads"),',
+    }
+    check_clean(project, ["model_small_rcnn.py", "model.py"])
+    script = """
+import json, train
+args = ["--model", "small_rcnn", "--dataset", "synthetic", "--num-classes", "3",
+        "--synthetic-size", "16", "--image-size", "64", "--batch-size", "8", "--epochs", "1",
+        "--device", "cpu", "--workers", "0"]
+metrics = train.main([*args, "--output-dir", "runs/added"])
+frozen = train.main([*args, "--freeze", "backbone", "--output-dir", "runs/frozen"])
+print(json.dumps(metrics))
+"""
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(
+        [PYTHON, "-c", script], cwd=project, capture_output=True, text=True, env=env, timeout=600
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    metrics = json.loads(run.stdout.strip().splitlines()[-1])
+    assert metrics["step"] == 2 and 0 <= metrics["val_map"] <= 1
+    assert set(metrics) >= {"val_loss", "val_map", "val_map50", "val_map75"}
+    assert "froze 15 parameter tensors (backbone)" in run.stdout
+
+
+@pytest.mark.parametrize("task, model", [("lm", "gpt_tiny"), ("detection", "tiny_rcnn")])
+def test_a_project_of_another_task_gets_no_dataset(tmp_path, capsys, task, model):
+    project = render(tmp_path, "other", task=task, model=model)
+    before = tree_hash(project)
+    code, out, err = run_cli(capsys, "add", "dataset", "mine", "-C", str(project))
+    assert (code, out) == (2, "")
+    assert err == (
+        "error: `scaffold add dataset` writes classification and segmentation datasets; for "
+        f'--task {task}, edit dataset.py (its README\'s "Where to change what" says where)\n'
+    )
+    assert tree_hash(project) == before

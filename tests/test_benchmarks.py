@@ -1,8 +1,8 @@
 """benchmarks/run.py --quick keeps working: every figure runs and every row it prints has numbers.
 And the pieces the figures rest on: the step clock survives steps GradScaler skips, the operator
 counter sees what train.py adds to a step, the tracker figure finds the steps that hold a record,
-the bare loop trains with train.py's optimizer defaults, `make gpu-check` fails in one line without
-a GPU, and a GPU run replaces only the GPU rows of BENCHMARKS.md.
+the bare loops train with train.py's defaults (an LM's with its loss and clipping), `make gpu-check`
+fails in one line without a GPU, and a GPU run replaces only the GPU rows of BENCHMARKS.md.
 
 No timing is asserted (the figures depend on the machine and its load); BENCHMARKS.md itself is
 written only by the full run (`make bench`), so this test writes its report to a temporary file.
@@ -23,7 +23,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = ROOT / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
-FIGURES = {1, 2, 3, 4, 5, 6, 7, 8, 9}
+FIGURES = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10}
 NUMBER = re.compile(r"\d")
 # Rows the quick run must print (the start of their "measurement"), with their targets.
 EXPECTED = {
@@ -44,6 +44,12 @@ EXPECTED = {
     "one logged step, --logger mlflow vs jsonl": "",
     "steps/s on all steps (every 10th logged), --logger mlflow vs jsonl": "",
     "time to the first step, --logger mlflow vs jsonl": "",
+    "sweep.py run vs the same trials' train.py commands, per trial": "<= 5% of a 30 s trial",
+    "sweep.py init (once per sweep)": "",
+    "tokens/s gpt_tiny, CPU, batch 16 x 64 tokens, default flags, hooks off": ">= 0.98",
+    "tokens/s gpt_tiny, CPU, batch 16 x 64 tokens, --hooks activations,gradients": ">= 0.9",
+    "steps/s tiny_rcnn, CPU, batch 32, default flags, hooks off": ">= 0.98",
+    "steps/s tiny_rcnn, CPU, batch 32, --hooks activations,gradients": ">= 0.9",
 }
 
 
@@ -106,7 +112,7 @@ def test_quick_benchmarks_print_and_write_a_complete_table(tmp_path):
     assert "scaffold new DEST --model lenet --no-git" in written
     assert any("operators per step" in row[1] for row in table_rows(written))
     assert "## GPU run" in written
-    for title in ("### 8. predict.py throughput", "### 9. Experiment trackers"):
+    for title in ("### 8. predict.py throughput", "### 9. Experiment trackers", "### 10. Sweep"):
         assert title in written
     assert "train.main(): --model lenet" in written and "--cache --cache-dir $WORK" in written
     assert "--logger mlflow" in written and "predict.predict(" in written
@@ -237,6 +243,125 @@ def test_the_bare_loop_trains_a_segmentation_model_with_its_optimizer_defaults(t
     assert result.returncode == 0, result.stderr[-3000:]
     defaults = json.loads(result.stdout.strip().splitlines()[-1])
     assert defaults == ["adamw", bare_loop.ADAMW_LR, bare_loop.WEIGHT_DECAY]
+
+
+def test_the_bare_lm_loop_trains_with_an_lm_project_s_defaults_and_loss(tmp_path):
+    """Figure 3's GPT row: an LM project trains with AdamW and gradients clipped to norm 1.0 by
+    default, and so does training.bare_lm_train, with gpt_tiny's own block size; its plain
+    F.cross_entropy is task.loss on a training batch (no target there is IGNORE_INDEX)."""
+    import training
+
+    from scaffold.options import NewProject
+    from scaffold.render import create_project
+
+    project = tmp_path / "lm"
+    create_project(NewProject(dest=project, task="lm", model="gpt_tiny"), git=False)
+    probe = f"""
+import json, sys
+sys.path.insert(0, {str(BENCHMARKS)!r})
+import torch
+import dataset, model, options, task, training
+from bare_loop import plain_loader
+a = options.parse_args(["--dataset", "synthetic", "--synthetic-size", "5000"])
+train_set, _ = dataset.build_datasets(a)
+torch.manual_seed(0)
+gpt = model.build_model(a.model, 256)
+inputs, targets = next(iter(plain_loader(train_set, 4, 0, False)))
+ours = task.loss(gpt, (inputs, targets))[0]
+bare = torch.nn.functional.cross_entropy(gpt(inputs).flatten(0, 1), targets.flatten())
+training.bare_lm_train(gpt, plain_loader(train_set, 4, 0, False), 2)
+print(json.dumps([a.optimizer, a.lr, a.weight_decay, a.clip_grad_norm, a.model, a.batch_size,
+                  model.block_size_of(a.model, a.block_size), list(inputs.shape),
+                  torch.allclose(ours, bare), bool(torch.isfinite(ours))]))
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=project, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    block = training.BLOCK_SIZE
+    assert found[:4] == ["adamw", training.LM_LR, training.LM_WEIGHT_DECAY, 1.0]
+    assert training.LM_CLIP_GRAD_NORM == 1.0
+    assert found[4:] == ["gpt_tiny", 16, block, [4, block], True, True]
+    assert training.FULL[("gpt_tiny", "cpu")][0] == 16, "train.py's default batch size"
+
+
+def test_the_bare_detection_loop_trains_with_a_detection_project_s_defaults_and_loss(tmp_path):
+    """Figure 3's Faster R-CNN row: a detection project trains tiny_rcnn with AdamW and no
+    clipping by default, and so does training.bare_detection_train; its batches are
+    task.COLLATE's, in the order of train.py's first epoch, and the sum of the detector's losses
+    on images scaled to [0, 1] is task.loss on task.prepare's batch (the same random draws)."""
+    import training
+
+    from scaffold.options import NewProject
+    from scaffold.render import create_project
+
+    project = tmp_path / "detection"
+    create_project(NewProject(dest=project, task="detection", model="tiny_rcnn"), git=False)
+    probe = f"""
+import json, sys
+sys.path.insert(0, {str(BENCHMARKS)!r})
+import torch
+from torch.utils.data import DataLoader
+import dataset, model, options, pipeline, task, training
+a = options.parse_args(["--dataset", "synthetic", "--synthetic-size", "8"])
+samples = training.in_memory_samples(dataset.build_datasets(a)[0])
+torch.manual_seed(0)
+detector = model.build_model(a.model, 10, 3, 32)
+ours_batch, bare_batch = task.COLLATE(samples[:4]), training.detection_collate(samples[:4])
+same_batch = torch.equal(ours_batch[0], bare_batch[0]) and ours_batch[1] == bare_batch[1]
+torch.manual_seed(1)
+prepared = task.prepare(ours_batch, torch.device("cpu"), task.preprocessor(vars(a), training=True))
+ours = task.loss(detector, prepared)[0]
+torch.manual_seed(1)
+images, targets = bare_batch
+bare = sum(detector(list(images.float().div_(255)), targets).values())
+order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(0)).tolist()
+same_order = list(pipeline.ShardedSampler(len(samples), True, a.seed)) == order
+loader = DataLoader(samples, batch_size=4, sampler=order, collate_fn=training.detection_collate)
+training.bare_detection_train(detector, loader, 3)
+print(json.dumps([a.optimizer, a.lr, a.weight_decay, a.clip_grad_norm, a.model, a.batch_size,
+                  a.num_classes, a.in_channels, a.image_size, a.augment, same_batch, same_order,
+                  torch.allclose(ours, bare), bool(torch.isfinite(ours))]))
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=project, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    assert found[:4] == ["adamw", training.DETECTION_LR, training.DETECTION_WEIGHT_DECAY, None]
+    assert found[4:10] == ["tiny_rcnn", 32, 10, 3, 32, False], "what the worker builds"
+    assert found[10:] == [True, True, True, True]
+    assert training.FULL[("tiny_rcnn", "cpu")][0] == 32, "train.py's default batch size"
+
+
+# ---- the sweep figure: the same trials both ways ------------------------------------------------
+
+
+def test_sweep_overhead_is_the_median_per_trial_difference_of_each_pair():
+    import sweep_overhead
+
+    result = {"sweep": [(10.0, 8.0), (14.0, 9.0)], "direct": [(8.0, 7.0), (11.0, 8.0)]}
+    figures = sweep_overhead.summary({**result, "init": [3.0, 5.0]}, trials=2)
+    assert figures["sweep_wall_per_trial_s"] == 6.0 and figures["direct_wall_per_trial_s"] == 4.75
+    assert figures["overhead_wall_per_trial_s"] == 1.25  # the median of 1.0 and 1.5
+    assert figures["overhead_cpu_per_trial_s"] == 0.5
+    assert figures["overhead_percent_of_30s_trial"] == pytest.approx(100 * 1.25 / 30)
+    assert figures["init_s"] == 4.0
+
+
+@pytest.mark.slow
+def test_the_sweep_figure_times_the_same_trials_both_ways(lenet_project, tmp_path):
+    """sweep.py's trials and the train.py commands timed against them train the same runs: the
+    enqueued lr values, to the same metric; and the project is left without the sweeps."""
+    import sweep_overhead
+    from common import bench_env
+
+    result = sweep_overhead.compare(lenet_project, tmp_path, 2, 1, bench_env(1))
+    assert len(result["sweep"]) == len(result["direct"]) == len(result["init"]) == 1
+    values = result["values"]
+    assert len(values["sweep"]) == 2 and values["sweep"] == values["direct"]
+    assert not list((lenet_project / "runs" / "sweeps").glob("overhead*"))
 
 
 # ---- operators and synchronisations per step ---------------------------------------------------

@@ -79,7 +79,7 @@ def words(text: str) -> str:
 def test_new_help_lists_the_catalog_choices(capsys):
     out = words(run_cli(capsys, "new", "--help")[1])
     assert (
-        "--task TASK What the project learns: classification, segmentation "
+        "--task TASK What the project learns: classification, segmentation, detection, lm "
         "(scaffold list tasks). [default: classification]" in out
     )
     models = "; ".join(
@@ -242,7 +242,9 @@ def test_list_tasks_describes_each_task(capsys):
         0,
         "classification  one class per image: cross-entropy over the logits, top-1 accuracy\n"
         "segmentation    one class per pixel: per-pixel cross-entropy, pixel accuracy and mean "
-        "IoU\n",
+        "IoU\n"
+        "detection       boxes and their classes: the detector's own losses, COCO mAP\n"
+        "lm              the next token of text: cross-entropy, perplexity and bits per byte\n",
         "",
     )
 
@@ -254,7 +256,7 @@ def test_list_models_and_datasets_of_one_task(capsys):
         [model, "segmentation"] for model in task_models("segmentation")
     ]
     assert out.splitlines()[0] == (
-        "unet                          segmentation    custom       min image 16   "
+        "unet                                   segmentation    custom       min image 16   "
         "a small U-Net of our own, for CPU work; --image-size a multiple of 8"
     )
     code, out, err = run_cli(capsys, "list", "datasets", "--task", "segmentation")
@@ -278,10 +280,10 @@ def test_list_datasets_groups_them_by_task(capsys):
 
 @pytest.mark.parametrize("kind", ["models", "datasets"])
 def test_list_of_an_unknown_task_is_a_usage_error(capsys, kind):
-    assert run_cli(capsys, "list", kind, "--task", "detection") == (
+    assert run_cli(capsys, "list", kind, "--task", "pose") == (
         2,
         "",
-        "error: unknown task 'detection'; choose one of: classification, segmentation\n",
+        "error: unknown task 'pose'; choose one of: classification, segmentation, detection, lm\n",
     )
 
 
@@ -452,7 +454,9 @@ BAD_INPUTS = [
     (["class"], "it is a Python keyword"),
     (["x/.."], "invalid project name '..'"),
     (["p", "--model", "resnet"], "unknown model 'resnet'; choose one of: lenet, mlp,"),
-    (["p", "--task", "detection"], "unknown task 'detection'; choose one of: classification,"),
+    (["p", "--model", "convnext-tiny"], "unknown model 'convnext-tiny': model names use '_', say"),
+    (["p", "--task", "lm", "--model", "gpt-tiny"], "model names use '_', say gpt_tiny"),
+    (["p", "--task", "pose"], "unknown task 'pose'; choose one of: classification,"),
     (["p", "--model", "unet"], "model unet is for --task segmentation; choose one of: lenet,"),
     (["p", "--dataset", "voc"], "dataset voc is for --task segmentation; choose one of: fake,"),
     (["p", "--dataset", "imagenet"], "unknown dataset 'imagenet'; choose one of: fake,"),
@@ -505,8 +509,17 @@ TASK_MISMATCHES = [
         "voc\n",
     ),
     (
-        ["--task", "detection"],
-        "error: unknown task 'detection'; choose one of: classification, segmentation\n",
+        ["--task", "pose"],
+        "error: unknown task 'pose'; choose one of: classification, segmentation, detection, lm\n",
+    ),
+    (
+        ["--task", "lm", "--image-size", "64"],
+        "error: --image-size is for the image tasks, not --task lm: drop it\n",
+    ),
+    (
+        ["--task", "lm", "--model", "lenet"],
+        "error: model lenet is for --task classification; choose one of: gpt_tiny, gpt_mini, "
+        "gpt_small, gpt2\n",
     ),
 ]
 

@@ -42,9 +42,11 @@ import importlib.util, json, os, sys, tempfile
 import torch
 
 import export
+import task
 from model import MODEL_NAMES, build_model
 
 CHANNELS, SIZE = 3, 32  # vit_b_16 takes 32 px: a multiple of its 16 px patches
+OPTIONS = {"in_channels": CHANNELS, "image_size": SIZE, "num_classes": 10}
 onnx_missing = [name for name in export.ONNX_PACKAGES if not importlib.util.find_spec(name)]
 
 
@@ -58,7 +60,7 @@ def calibrated(model):
             module.momentum = None
     model.train()
     with torch.no_grad():
-        model(export.example_batch(8, CHANNELS, SIZE, seed=2))
+        model(task.example_input(OPTIONS, 8, seed=2))
     return model.eval()
 
 
@@ -68,14 +70,14 @@ for name in MODEL_NAMES:
     torch.manual_seed(0)
     model = calibrated(build_model(name, 10, CHANNELS, SIZE))
     with torch.no_grad():
-        scale = model(export.example_batch(3, CHANNELS, SIZE, seed=1)).abs().max().item()
+        scale = model(task.example_input(OPTIONS, 3, seed=1)).abs().max().item()
     outcome = results["models"][name] = {"logit_scale": scale}
     for fmt, suffix in export.FORMATS.items():
         if fmt == "onnx" and onnx_missing:
             continue
         path = os.path.join(folder, name + suffix)
         try:
-            how, difference = export.export_verified(model, fmt, path, CHANNELS, SIZE)
+            how, difference = export.export_verified(model, fmt, path, OPTIONS)
             outcome[fmt] = {"ok": True, "how": how, "difference": difference}
             os.remove(path)  # vit_b_16 is 330 MB in each format
         except export.ExportError as error:

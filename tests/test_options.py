@@ -17,6 +17,7 @@ from scaffold import render
 from scaffold.catalog import DATASETS, MODELS, TASKS, task_datasets, task_models
 from scaffold.errors import UsageError
 from scaffold.options import (
+    IMAGE_ANSWERS,
     PROJECT_MODULES,
     NewProject,
     answer_fields,
@@ -61,17 +62,25 @@ def test_every_answer_is_a_question_with_the_same_default(questions):
         for task in TASKS:
             default = render_jinja(questions[item.name].get("default"), task=task)
             assert default == default_answer(item.name, task), (item.name, task)
-            if item.name != "task":
-                assert default == NewProject(dest=Path("p"), task=task).answers()[item.name]
+            answers = NewProject(dest=Path("p"), task=task).answers()
+            if item.name in IMAGE_ANSWERS and not TASKS[task].images:
+                # Neither asked nor recorded: copier's `when` is false for such a task.
+                assert item.name not in answers
+                images = render_jinja(questions["images"]["default"], task=task)
+                assert render_jinja(questions[item.name]["when"], images=images) == "False"
+            elif item.name != "task":
+                assert default == answers[item.name]
         kind = {bool: "bool", int: "int", str: "str"}[answer_types()[item.name]]
         assert questions[item.name].get("type", "str") == kind, item.name
 
 
 def test_the_defaults_of_model_and_dataset_are_the_tasks():
     assert default_answer("task") == "classification"
-    assert [default_answer("model", task) for task in TASKS] == ["resnet18", "unet"]
-    assert [default_answer("dataset", task) for task in TASKS] == ["fake", "synthetic"]
-    assert [default_answer("num_classes", task) for task in TASKS] == [10, 10]
+    models = ["resnet18", "unet", "tiny_rcnn", "gpt_mini"]
+    assert [default_answer("model", task) for task in TASKS] == models
+    datasets = ["fake", "synthetic", "synthetic", "synthetic"]
+    assert [default_answer("dataset", task) for task in TASKS] == datasets
+    assert [default_answer("num_classes", task) for task in TASKS] == [10, 10, 10, 10]
     for task, spec in TASKS.items():
         assert spec.default_model in task_models(task), task
         assert spec.default_dataset in task_datasets(task), task
@@ -86,6 +95,8 @@ def test_copier_validators_accept_exactly_what_the_catalog_allows(questions):
     for task in TASKS:
         for model, spec in MODELS.items():
             assert bool(complaint("model", task=task, model=model)) == (spec.task != task)
+            if not TASKS[spec.task].images:  # --image-size is not asked (copier's `when`)
+                continue
             for size in range(1, 70):
                 assert bool(complaint("image_size", model=model, image_size=size)) == bool(
                     spec.image_size_problem(size)
@@ -183,12 +194,12 @@ SEGMENTATION_MODELS = (
             "unknown dataset 'imagenet'; choose one of: synthetic, folder, voc",
         ),
         (
-            {"task": "detection"},
-            "unknown task 'detection'; choose one of: classification, segmentation",
+            {"task": "pose"},
+            "unknown task 'pose'; choose one of: classification, segmentation, detection, lm",
         ),
         (
-            {"task": "detection", "model": "unet"},
-            "unknown task 'detection'; choose one of: classification, segmentation",
+            {"task": "pose", "model": "unet"},
+            "unknown task 'pose'; choose one of: classification, segmentation, detection, lm",
         ),
         (
             {"task": "segmentation", "image_size": 36},

@@ -33,6 +33,7 @@ import pytest
 import yaml
 
 from scaffold.cli import main
+from scaffold.options import IMAGE_ANSWERS
 from scaffold.render import create_project, template_dir
 from scaffold.variants import BOOLEAN_OPTIONS, VARIANTS, Variant, check_coverage
 
@@ -46,7 +47,6 @@ ALWAYS = (
     ".gitignore",
     "CHANGELOG.md",
     "README.md",
-    "cache.py",
     "checkpoint.py",
     "compare.py",
     "distributed.py",
@@ -57,11 +57,9 @@ ALWAYS = (
     "options.py",
     "pipeline.py",
     "plot.py",
-    "predict.py",
     "pyproject.toml",
     "records.py",
     "runs.py",
-    "shapes.py",
     "signals.py",
     "summary.py",
     "sweep.py",
@@ -78,9 +76,16 @@ ALWAYS = (
     "tests/test_sweep.py",
     "tests/test_train.py",
 )
-# Keys: an on/off option, or "task=NAME" for the files of one task (each task has its own
-# task.py, model.py and dataset.py).
+# Keys: an on/off option ("images": the tasks that learn from images), or "task=NAME" for the
+# files of one task (each task has its own task.py, model.py and dataset.py).
 FILES_BY_OPTION = {
+    "images": (
+        "cache.py",
+        "image_pipeline.py",
+        "predict.py",
+        "shapes.py",
+        "tests/test_images.py",
+    ),
     "task=classification": (
         "dataset.py",
         "model.py",
@@ -99,12 +104,28 @@ FILES_BY_OPTION = {
         "task.py",
         "tests/test_segmentation.py",
     ),
+    "task=detection": (
+        "dataset.py",
+        "model.py",
+        "task.py",
+        "tests/test_detection.py",
+    ),
+    "task=lm": (
+        "dataset.py",
+        "model.py",
+        "predict.py",
+        "task.py",
+        "tests/test_generate.py",
+        "tests/test_lm.py",
+    ),
     "ddp": (
         "scripts/slurm.sbatch",
         "scripts/sweep.sbatch",
         "scripts/train_ddp.sh",
+        "sharded.py",
         "tests/test_cuda_ddp.py",
         "tests/test_ddp.py",
+        "tests/test_fsdp.py",
     ),
     "hooks": (
         "hooks/__init__.py",
@@ -131,17 +152,32 @@ FOCUSED = {
         "tests/test_model.py::test_gradient_reaches_the_input_and_every_layer_trains",
     ),
     "task=segmentation": ("tests/test_segmentation.py",),
+    # The model's own training and validation are the smoke run's; these need no model.
+    "task=detection": (
+        "tests/test_detection.py::test_a_flip_moves_each_box_with_its_image",
+        "tests/test_detection.py::test_the_coco_metrics_of_hand_made_detections_are_exact",
+        "tests/test_detection.py::test_a_bad_annotation_is_one_line_naming_the_file",
+    ),
+    "task=lm": ("tests/test_lm.py", "tests/test_generate.py"),
     "ddp": (
         "tests/test_ddp.py::test_two_processes_write_one_checkpoint_and_one_metrics_file",
         "tests/test_ddp.py::test_two_processes_train_like_one_with_the_same_global_batch",
         "tests/test_ddp.py::test_validation_is_exact_for_an_uneven_split",
+        "tests/test_fsdp.py::test_fsdp_without_torchrun_is_refused_in_one_line",
+        "tests/test_fsdp.py::test_the_blocks_sharded_one_at_a_time_are_separate_parts_of_the_model",
         "tests/test_cuda_ddp.py",
     ),
     "hooks": ("tests/test_hooks.py::test_training_logs_hook_summaries",),
 }
 
 # What train.py, run with its defaults and no data, must tell the user.
-HOW_TO_GET_DATA = {"folder": "--data-dir", "cifar10": "--download", "mnist": "--download"}
+HOW_TO_GET_DATA = {
+    "folder": "--data-dir",
+    "cifar10": "--download",
+    "mnist": "--download",
+    "text": "--data-dir",
+    "coco": "--data-dir",
+}
 
 # A file or folder per option ({% if ddp %}) or per task ({% if task == 'segmentation' %}).
 CONDITIONAL = re.compile(r"\{% if (\w+)(?: == '(\w+)')? %\}(.*?)\{% endif %\}")
@@ -193,7 +229,8 @@ def rendered(tmp_path_factory):
 
 def test_the_variants_cover_every_model_dataset_and_pair_of_boolean_options():
     assert check_coverage() == []
-    assert 8 <= len(VARIANTS) <= 16, "keep the list small: it is not the full product"
+    # At least one variant per model (21 of them), and few more.
+    assert 8 <= len(VARIANTS) <= 24, "keep the list small: it is not the full product"
 
 
 def test_the_table_of_files_matches_the_template_folder():
@@ -282,8 +319,12 @@ def test_black_and_ruff_are_clean(rendered, variant):
 @pytest.mark.parametrize("variant", VARIANTS, ids=ids)
 def test_the_answers_file_records_the_choices(rendered, variant):
     answers = yaml.safe_load((rendered(variant) / ".copier-answers.yml").read_text())
-    keys = ("task", "model", "dataset", "image_size", "in_channels", "num_classes")
-    for key in (*keys, *BOOLEAN_OPTIONS):
+    keys = ["task", "model", "dataset", *BOOLEAN_OPTIONS]
+    if variant.images:
+        keys += IMAGE_ANSWERS
+    else:  # neither asked nor recorded for a task without images
+        assert not set(IMAGE_ANSWERS) & answers.keys()
+    for key in keys:
         assert answers[key] == getattr(variant, key), key
     assert answers["project_name"] == variant.name
 
@@ -343,6 +384,13 @@ def generated_pytest(tmp_path: Path, *args: str) -> list[str]:
 # Why a generated test may skip: anything else (a test that skips for no good reason, or a suite
 # that skips everything) fails the run. On a machine with a GPU, other reasons apply.
 CPU_SKIPS = {"no CUDA device", "this project has no hooks/ package", "scripts/ comes with --ddp"}
+# The generic tests that cannot apply to a detector, as the generated conftest.py marks them.
+CPU_SKIPS |= {
+    "a detector samples anchors and proposals per batch and normalizes over the batch",
+    "a detector in training mode takes the targets with the images, returns its losses",
+    "a detector has several heads (RPN, RoI box head) with 4 box outputs per class",
+    "a detector's val_loss is computed in train mode, its BatchNorm layers in eval mode",
+}
 GPU_SKIPS = {"this machine has a CUDA device", "needs 2 CUDA devices, this machine has 1"}
 
 
@@ -387,33 +435,102 @@ def slow_variant(variant: Variant):
     )
 
 
-# Files of the generated suite whose tests train SMALL_MODEL on data drawn in code whatever the
-# variant's model and dataset, through code no variant option changes: of the full suites, one per
-# task runs them (with --ddp, for sweep.sbatch's test), and the others leave them out.
-SHARED_FILES = ("tests/test_behaviour.py", "tests/test_resume.py", "tests/test_sweep.py")
-RUN_SHARED_FILES = {"resnet18_ddp_vscode", "seg_unet_minimal"}
+# Files of the generated suite whose tests do not depend on the variant beyond the file's presence:
+# they train SMALL_MODEL on data drawn in code, whatever the variant's model and dataset, through
+# code no other option changes (train.py's DDP code is the same with or without hooks). Each runs
+# in full in the suites of the variants named here; the other full suites run only its FOCUSED
+# tests, if it has any.
+RUN_LOOP_FILES = {
+    "mlp_mnist_ddp_hooks",
+    "seg_unet_minimal",
+    "det_tiny_rcnn_ddp_hooks",
+    "lm_gpt_tiny_ddp_hooks",
+}
+FULL_IN = {
+    "tests/test_behaviour.py": RUN_LOOP_FILES,
+    "tests/test_resume.py": RUN_LOOP_FILES,
+    "tests/test_sweep.py": RUN_LOOP_FILES,
+    "tests/test_ddp.py": {
+        "mlp_mnist_ddp_hooks",
+        "det_tiny_rcnn_ddp_hooks",
+        "lm_gpt_tiny_ddp_hooks",
+    },
+    "tests/test_fsdp.py": {
+        "mlp_mnist_ddp_hooks",
+        "det_tiny_rcnn_ddp_hooks",
+        "lm_gpt_tiny_ddp_hooks",
+    },
+}
 
 
-def full_suite(variant: Variant) -> list[str]:
-    if variant.name in RUN_SHARED_FILES:
-        return []
-    return [f"--ignore={path}" for path in SHARED_FILES]
+# Generated tests of what no task changes: the launch scripts' signals and requeues, a second
+# Ctrl-C, the sweep journal's survival of kill -9, the sample order and the refusals of sharded
+# checkpoints. They train through task.py like any other, but what they check is the same code for
+# every task (each task's own exact resume, and its sharded save and load, are checked by the other
+# tests of every full suite). Full suites of classification run them; the other tasks' full suites
+# deselect them.
+TASK_INDEPENDENT = (
+    "tests/test_ddp.py::test_a_failing_rank_stops_every_process",
+    "tests/test_fsdp.py::test_one_process_resumes_two_with_their_state_and_their_sample_order",
+    "tests/test_fsdp.py::test_consolidating_an_incomplete_folder_is_refused",
+    "tests/test_fsdp.py::test_a_step_folder_given_for_a_checkpoint_file_says_how_to_make_one",
+    "tests/test_ddp.py::test_the_time_limit_signal_saves_then_requeues_and_the_requeued_job_resumes",
+    "tests/test_runs.py::test_a_second_sigint_stops_at_once_and_keeps_the_last_checkpoint",
+    "tests/test_sweep.py::test_kill_9_of_run_mid_trial_then_run_again_finishes_each_trial_once_exactly",
+    "tests/test_sweep.py::"
+    "test_sweep_sbatch_saves_on_the_time_limit_signal_and_the_requeued_task_continues",
+)
 
 
-def test_the_shared_files_run_in_a_full_suite_of_every_task():
-    runners = [variant for variant in VARIANTS if variant.name in RUN_SHARED_FILES]
-    assert len(runners) == len(RUN_SHARED_FILES), "RUN_SHARED_FILES names a variant that is gone"
-    assert all(variant.suite == "full" for variant in runners)
-    assert {variant.task for variant in runners} == {variant.task for variant in VARIANTS}
-    assert any(variant.ddp for variant in runners), "sweep.sbatch's test needs --ddp"
-    assert set(SHARED_FILES) <= set(ALWAYS)
+def full_suite(variant: Variant, project: Path) -> list[str]:
+    """The generated test files a full suite runs, and the focused tests of those it leaves out."""
+    left_out = {path for path, variants in FULL_IN.items() if variant.name not in variants}
+    files = sorted(
+        path.relative_to(project).as_posix() for path in (project / "tests").glob("test_*.py")
+    )
+    focused = [test for test in focused_tests(variant) if test.split("::")[0] in left_out]
+    selection = [path for path in files if path not in left_out] + focused
+    if variant.task != "classification":
+        selection += [f"--deselect={test}" for test in TASK_INDEPENDENT]
+    return selection
+
+
+def test_the_task_independent_tests_exist_and_run_in_a_classification_suite():
+    """A renamed test would be deselected silently, and so run nowhere."""
+    root = template_dir() / "template" / "tests"
+    sources = {
+        CONDITIONAL.sub(r"\3", file.name).removesuffix(".jinja"): file for file in root.iterdir()
+    }
+    for test in TASK_INDEPENDENT:
+        path, name = test.split("::")
+        assert f"def {name}(" in sources[path.removeprefix("tests/")].read_text(), test
+        assert any(
+            variant.task == "classification"
+            and path in expected_files(variant)
+            and variant.name in FULL_IN.get(path, {variant.name})
+            for variant in VARIANTS
+            if variant.suite == "full"
+        ), test
+
+
+def test_each_file_runs_in_full_somewhere_for_every_task_that_has_it():
+    full = [variant for variant in VARIANTS if variant.suite == "full"]
+    for path, names in FULL_IN.items():
+        assert names <= {variant.name for variant in full}, f"{path}: not a full suite in {names}"
+        runners = [variant for variant in full if variant.name in names]
+        has_file = [variant for variant in full if path in expected_files(variant)]
+        assert {variant.task for variant in runners} == {variant.task for variant in has_file}
+        assert all(path in expected_files(variant) for variant in runners)
+    assert any(
+        variant.ddp for variant in full if variant.name in FULL_IN["tests/test_sweep.py"]
+    ), "sweep.sbatch's test needs --ddp"
 
 
 @pytest.mark.parametrize("variant", [slow_variant(variant) for variant in SELECTED])
 def test_the_generated_test_suite_passes_on_cpu(tmp_path, variant):
     create_project(variant.project(tmp_path), git=False)
     project = tmp_path / variant.name
-    selection = full_suite(variant) if variant.suite == "full" else focused_tests(variant)
+    selection = full_suite(variant, project) if variant.suite == "full" else focused_tests(variant)
     code, output = run_in_project(generated_pytest(tmp_path, *selection), project, SUITE_TIMEOUT)
     if code == 4 and "not found" in output:
         pytest.fail(

@@ -3,7 +3,7 @@ and for segmentation every mask into a second.
 
 The first run with --cache decodes the dataset, in --workers processes and with a progress bar,
 into CACHE_DIR/NAME.u8, a (count, channels, size, size) uint8 array, and NAME.json, its manifest:
-the source files (with what tells that one changed: see fingerprint), the image size, the
+the source files (with what tells that one changed: see files.fingerprint), the image size, the
 channels, the class names and the labels. A dataset of masks (cached(..., masks=True)) has no
 labels: its masks, class indices with 255 for ignored pixels, go into NAME.masks.u8, a (count,
 size, size) uint8 array beside the images. Later runs check the manifest against the files and
@@ -18,12 +18,10 @@ others wait for its manifest.
 """
 
 import glob
-import hashlib
 import json
 import os
 import sys
 import time
-from array import array
 
 import numpy
 import torch
@@ -33,9 +31,9 @@ from tqdm import tqdm
 import distributed
 import files
 import signals
+from files import WAIT_SECONDS, fingerprint
 
 FORMAT = 2  # of the manifest (2: "replaced" and "masks" added); another format is rebuilt
-WAIT_SECONDS = 2  # how often the processes that do not build look for the finished cache
 
 
 class CacheError(Exception):
@@ -44,8 +42,10 @@ class CacheError(Exception):
 
 class CachedImages(Dataset):
     """The samples of a cache: (uint8 image, label), or (uint8 image, uint8 mask) for a cache of
-    masks; read a batch at a time (DataLoader calls __getitems__ with all of a batch's indices;
-    pass collate_fn=whole_batch)."""
+    masks; read a batch at a time (DataLoader calls __getitems__ with all of a batch's indices:
+    pipeline.build_loader sees `whole_batches` and collates nothing)."""
+
+    whole_batches = True
 
     def __init__(self, path: str, manifest: dict, classes: list[str] | None = None):
         self.path = path
@@ -88,11 +88,6 @@ class CachedImages(Dataset):
         if self.has_masks:
             return images, torch.from_numpy(self.masks[indices])
         return images, self.labels[indices]
-
-
-def whole_batch(batch):
-    """DataLoader's collate_fn for CachedImages, whose __getitems__ returns whole batches."""
-    return batch
 
 
 def cached(
@@ -138,27 +133,6 @@ def cached(
 def dataset_classes(dataset: Dataset) -> list[str] | None:
     classes = getattr(dataset, "classes", None)
     return list(classes) if classes is not None else None
-
-
-def fingerprint(paths: list[str]) -> dict:
-    """What tells whether the source files changed: "sources", [path, size, modification time
-    in ns] of each file in order, and "replaced", a digest of each file's inode and status change
-    time (ctime). The digest catches what size and modification time miss: a file rewritten in
-    place or replaced with its old time put back (cp -p, rsync -a, a restored backup) has a new
-    ctime, which the system sets on every write, rename and utime and no program can set back
-    (and rsync's rename gives it a new inode). Both come from the os.stat the check makes anyway,
-    and one digest keeps the manifest as small as before: opening a cache costs a few percent
-    more (benchmarks/cache_check.py). The price: a data set copied elsewhere, its cache with it,
-    is decoded again there, and a chmod or chown of its files rebuilds the cache too."""
-    sources, inodes, ctimes = [], array("Q"), array("q")
-    for path in paths:
-        stat = os.stat(path)
-        sources.append([path, stat.st_size, stat.st_mtime_ns])
-        inodes.append(stat.st_ino)
-        ctimes.append(stat.st_ctime_ns)
-    digest = hashlib.sha1(inodes)
-    digest.update(ctimes)
-    return {"sources": sources, "replaced": digest.hexdigest()}
 
 
 def manifest_path(path: str) -> str:

@@ -1,5 +1,5 @@
 """Classification models: small custom networks and torchvision's, adapted to any class count and
-channel count. build_model() is what train.py, predict.py and export.py call."""
+channel count. model_from_options() is what train.py, predict.py and export.py call."""
 
 import torch
 import torchvision
@@ -101,6 +101,17 @@ HEADS = {
 }
 
 
+# The options of train.py that build a model: a checkpoint without them cannot be rebuilt.
+MODEL_OPTIONS = ("model", "num_classes", "in_channels", "image_size")
+
+
+def model_from_options(options: dict, pretrained: bool = True) -> nn.Module:
+    """The model that train.py's options describe (vars(args), or a checkpoint's "args"); with
+    `pretrained`, its --weights from the hub cache (predict.py loads a checkpoint's instead)."""
+    weights = options.get("weights") if pretrained else None
+    return build_model(*(options[name] for name in MODEL_OPTIONS), weights)
+
+
 def build_model(
     name: str, num_classes: int, in_channels: int, image_size: int, weights: str | None = None
 ) -> nn.Module:
@@ -130,6 +141,20 @@ def build_model(
     if in_channels != 3:
         replace_stem(model, in_channels)
     return model
+
+
+def fsdp_blocks(model: nn.Module) -> list[nn.Module]:
+    """The parts that --fsdp shards one at a time, so that one part's whole weights are gathered
+    at a time (sharded.shard): ViT's encoder layers, ResNet's four stages, the stages of
+    `features` (ConvNeXt, EfficientNet, MobileNet, VGG). A model without them (lenet, mlp, one of
+    your own) is one part."""
+    if isinstance(model, torchvision.models.VisionTransformer):
+        return list(model.encoder.layers)
+    stages = [getattr(model, f"layer{number}", None) for number in range(1, 5)]
+    if all(stage is not None for stage in stages):
+        return stages
+    features = getattr(model, "features", None)
+    return list(features) if isinstance(features, nn.Sequential) else []
 
 
 def replace_head(model: nn.Module, name: str, num_classes: int) -> None:

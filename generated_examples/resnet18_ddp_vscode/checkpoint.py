@@ -70,6 +70,14 @@ class Checkpointer:
         distributed.barrier()
         return path
 
+    def load(self, path: str) -> dict:
+        """The checkpoint at `path` (a file here; a folder for sharded.ShardedCheckpointer)."""
+        return load_checkpoint(path)
+
+    def find_resume(self, directory: str) -> tuple[str, dict] | None:
+        """The newest checkpoint of `directory` that loads: find_resume_checkpoint."""
+        return find_resume_checkpoint(directory)
+
     def restore(self, state: dict, path: str) -> None:
         """Load every object from `state` (read from `path`), random number generators last.
         A Checkpointer of the model alone (evaluation) loads the weights only."""
@@ -153,10 +161,15 @@ def find_resume_checkpoint(directory: str) -> tuple[str, dict] | None:
     """The newest checkpoint in `directory` that loads, with a warning for each newer one that
     does not; None if there is none. If there are checkpoints but none loads, a CheckpointError
     names each with its problem: a resumed run never silently starts over."""
+    return first_that_loads(directory, checkpoints_in(directory), load_checkpoint)
+
+
+def first_that_loads(directory: str, paths: list[str], load) -> tuple[str, dict] | None:
+    """find_resume_checkpoint over `paths`, each read by `load(path)`."""
     problems = []
-    for path in checkpoints_in(directory):
+    for path in paths:
         try:
-            found = path, load_checkpoint(path)
+            found = path, load(path)
         except CheckpointError as error:
             problems.append(f"{os.path.basename(path)}: {error.reason}")
             continue
@@ -184,6 +197,11 @@ def check_compatible(state: dict, path: str, args: dict) -> None:
     """Refuse a checkpoint of another model, class count or channel count, naming both."""
     if not isinstance(state.get("model"), dict):
         raise CheckpointError(f"{path} holds no model weights (no 'model' entry)")
+    check_options(state, path, args)
+
+
+def check_options(state: dict, path: str, args: dict) -> None:
+    """Refuse a checkpoint saved with another model, class count or channel count."""
     saved = state.get("args", {})
     for option in IDENTITY_OPTIONS:
         if option in saved and saved[option] != args[option]:

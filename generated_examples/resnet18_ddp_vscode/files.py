@@ -9,14 +9,21 @@ or the new one, whole, never a mix. A write that fails removes its temporary fil
         torch.save(state, file)
     replace(temporary, path)              # a file another writer made (torch.export.save, onnx)
     write_json(path, value)
+
+fingerprint(paths) tells whether files changed since (the caches of images and of tokens keep it
+in their manifests).
 """
 
+import hashlib
 import json
 import os
 import shutil
+from array import array
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import IO
+
+WAIT_SECONDS = 2  # how often processes look for a file that another process builds (a cache)
 
 
 def temporary_name(path: str, keep_suffix: bool = False) -> str:
@@ -99,3 +106,24 @@ def remove_quietly(path: str) -> None:
         os.remove(path)
     except FileNotFoundError:
         pass
+
+
+def fingerprint(paths: list[str]) -> dict:
+    """What tells whether the source files changed: "sources", [path, size, modification time
+    in ns] of each file in order, and "replaced", a digest of each file's inode and status change
+    time (ctime). The digest catches what size and modification time miss: a file rewritten in
+    place or replaced with its old time put back (cp -p, rsync -a, a restored backup) has a new
+    ctime, which the system sets on every write, rename and utime and no program can set back
+    (and rsync's rename gives it a new inode). Both come from the os.stat the check makes anyway,
+    and one digest keeps the manifest as small as before: opening a cache costs a few percent
+    more (benchmarks/cache_check.py). The price: a data set copied elsewhere, its cache with it,
+    is decoded again there, and a chmod or chown of its files rebuilds the cache too."""
+    sources, inodes, ctimes = [], array("Q"), array("q")
+    for path in paths:
+        stat = os.stat(path)
+        sources.append([path, stat.st_size, stat.st_mtime_ns])
+        inodes.append(stat.st_ino)
+        ctimes.append(stat.st_ctime_ns)
+    digest = hashlib.sha1(inodes)
+    digest.update(ctimes)
+    return {"sources": sources, "replaced": digest.hexdigest()}

@@ -232,6 +232,12 @@ def build_parser(with_catalog: bool = True) -> Parser:
         "--dist-timeout", type=count(1), default=600, help="seconds a collective may wait"
     )
     run.add_argument("--sync-bn", action="store_true", help="BatchNorm statistics across processes")
+    run.add_argument(
+        "--fsdp",
+        action="store_true",
+        help="shard weights, gradients and optimizer state over the processes (FSDP2), and "
+        "checkpoints into step folders (sharded.py); under torchrun only",
+    )
     return parser
 
 
@@ -430,9 +436,26 @@ def options_problem(args) -> str | None:
         return "--overwrite starts the run over, --resume continues it: pass one of them"
     if args.resume and args.resume != "auto" and not os.path.exists(args.resume):
         return f"--resume {args.resume}: no such run folder or checkpoint"
-    if args.init_from and not os.path.isfile(args.init_from):
-        return f"--init-from {args.init_from}: no such file"
+    problem = args.init_from and runs.checkpoint_file_problem(args.init_from)
+    if problem:
+        return f"--init-from {problem}"
+    fsdp = fsdp_problem(args)
+    if fsdp:
+        return fsdp
     return runs.output_dir_problem(args)
+
+
+def fsdp_problem(args) -> str | None:
+    """What --fsdp cannot work with (--eval-only validates one file, unsharded: anything)."""
+    if not args.fsdp or args.eval_only:
+        return None
+    if "RANK" not in os.environ:
+        return "--fsdp shards the model over processes: launch with torchrun (scripts/train_ddp.sh)"
+    if args.compile:
+        return "--fsdp does not work with --compile here: drop one of them"
+    if args.sync_bn:
+        return "--fsdp does not work with --sync-bn: drop one of them"
+    return None
 
 
 def parse_list(text: str) -> list[str]:

@@ -6,6 +6,7 @@ against the step.
     python plot.py --activations runs/RUN            # a --hooks activations run: each layer's
                                                      # output mean and std over the steps
     python plot.py runs/RUN --output /tmp/c.png
+    python plot.py runs/sweeps/NAME                  # a sweep: runs/sweeps/NAME/sweep.png
 
 curves.png has three panels: the losses (the logged steps' loss, each epoch's mean training loss
 and its validation loss), the other validation metrics, and the learning rate. The metrics panel
@@ -16,12 +17,19 @@ are drawn at the step where their epoch ended. --activations draws at most --max
 (12): the third whose std drifted most (a dying or exploding layer) and the rest evenly spaced;
 --layers picks by name.
 
+A sweep's folder (sweep.py's runs/sweeps/NAME) draws the sweep instead: each trial's curve of the
+sweep's metric against the epoch, labelled by its number, and for each parameter of the search
+space a panel of the trials' values against the metric (each trial's value in the study; a
+pruned trial's last reported one, hollow; a log axis for a log-scale parameter). The trials are
+read from the sweep's study (needs optuna, as sweep.py) and their run folders.
+
 Needs matplotlib (`pip install -e '.[plot]'`). Draws with the Agg backend into a file and never
 opens a window, so it works on a headless machine, and on a run still training.
 """
 
 import argparse
 import fnmatch
+import glob
 import json
 import math
 import os
@@ -34,7 +42,9 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="a train.py --output-dir")
+    parser.add_argument(
+        "run_dirs", nargs="+", metavar="RUN_DIR", help="a train.py --output-dir, or a sweep folder"
+    )
     parser.add_argument(
         "--output", help="the PNG to write (default RUN_DIR/curves.png, ./curves.png for several)"
     )
@@ -57,8 +67,12 @@ def parse_args(argv=None):
         parser.error("--activations plots one run at a time")
     if args.max_layers < 1:
         parser.error("--max-layers must be at least 1")
+    sweeps = [path for path in args.run_dirs if is_sweep(path)]
+    if sweeps and (len(args.run_dirs) > 1 or args.activations):
+        parser.error(f"{sweeps[0]} is a sweep: plot it alone, without --activations")
     if args.output is None:
         name = "activations.png" if args.activations else "curves.png"
+        name = "sweep.png" if sweeps else name
         folder = args.run_dirs[0] if len(args.run_dirs) == 1 else "."
         args.output = os.path.join(folder, name)
     return args
@@ -289,6 +303,117 @@ def plot_activations(run_dir: str, records: list[dict], layers: str, limit: int,
     return figure
 
 
+def is_sweep(path: str) -> bool:
+    """Whether `path` is a sweep's folder (sweep.py's runs/sweeps/NAME: it holds sweep.json)."""
+    return os.path.isfile(os.path.join(path, "sweep.json"))
+
+
+def sweep_run_dirs(folder: str) -> list[str]:
+    """The run folders of the sweep's trials that have started (train.py wrote config.json)."""
+    configs = sorted(glob.glob(os.path.join(folder, "trial_*", "config.json")))
+    if not configs:
+        raise SystemExit(f"error: no trial of the sweep in {folder} has started yet")
+    return [os.path.dirname(config) for config in configs]
+
+
+def sweep_trials(folder: str) -> tuple[dict, list[dict]]:
+    """The sweep's record (sweep.json) and its trials, read from its study by sweep.py:
+    [{"number", "state", "params", "value", "curve": {epoch: metric}}]. A trial's value is the
+    study's (complete), else its last reported one (pruned), else None."""
+    import sweep
+
+    try:
+        study = sweep.open_study(folder)
+    except sweep.SweepError as error:
+        raise SystemExit(f"error: {error}") from None
+    with open(os.path.join(folder, sweep.RECORD)) as file:
+        record = json.load(file)
+    metric = record["space"]["metric"]
+    trials = []
+    for trial in study.get_trials(deepcopy=False):
+        value = trial.value
+        if value is None and trial.state.name == "PRUNED" and trial.intermediate_values:
+            value = trial.intermediate_values[max(trial.intermediate_values)]
+        curve = sweep.epoch_values(sweep.trial_folder(folder, trial.number), metric)
+        trials.append(
+            {
+                "number": trial.number,
+                "state": trial.state.name,
+                "params": trial.params,
+                "value": value,
+                "curve": dict(sorted(curve.items())),
+            }
+        )
+    return record, trials
+
+
+def plot_sweep(folder: str, output: str):
+    """A sweep's figure: a panel of every trial's metric against the epoch, then one panel per
+    parameter of the space with the trials' values of it against their value (sweep_trials).
+    Saves the figure to `output` and returns it."""
+    record, trials = sweep_trials(folder)
+    space, metric = record["space"], record["space"]["metric"]
+    names = list(space["params"])
+    Figure, FigureCanvasAgg = import_matplotlib()
+    panels = 1 + len(names)
+    columns = min(panels, 3)
+    rows = math.ceil(panels / columns)
+    figure = Figure(figsize=(4.5 * columns, 4 * rows), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes_list = figure.subplots(rows, columns, squeeze=False).flatten()
+    for unused in axes_list[panels:]:
+        unused.remove()
+    curves = axes_list[0]
+    for trial in trials:
+        if trial["curve"]:
+            color = f"C{trial['number'] % 10}"
+            epochs, values = list(trial["curve"]), list(trial["curve"].values())
+            curves.plot(epochs, values, "o-", color=color, ms=3, label=f"trial {trial['number']}")
+    curves.set_xlabel("epoch")
+    curves.set_ylabel(metric)
+    curves.set_title("each trial")
+    if curves.lines:
+        curves.legend(fontsize="small", ncol=max(1, len(curves.lines) // 12))
+    valued = [trial for trial in trials if trial["value"] is not None and trial["params"]]
+    for axes, name in zip(axes_list[1:panels], names, strict=True):
+        spec = space["params"][name]
+        categorical = "choices" in spec and not all(is_number(c) for c in spec["choices"])
+        if categorical:  # every choice on the axis, in the space's order, drawn or not
+            axes.xaxis.update_units([str(choice) for choice in spec["choices"]])
+        for pruned in (False, True):
+            chosen = [
+                trial
+                for trial in valued
+                if name in trial["params"] and (trial["state"] == "PRUNED") == pruned
+            ]
+            if not chosen:
+                continue
+            xs = [trial["params"][name] for trial in chosen]
+            xs = [str(x) for x in xs] if categorical else xs
+            ys = [trial["value"] for trial in chosen]
+            style = {"facecolors": "none", "edgecolors": "C0"} if pruned else {"color": "C0"}
+            label = "pruned (last report)" if pruned else "complete"
+            axes.scatter(xs, ys, label=label, **style)
+            for x, y, trial in zip(xs, ys, chosen, strict=True):
+                axes.annotate(str(trial["number"]), (x, y), fontsize="x-small", alpha=0.7)
+        if spec.get("log"):
+            axes.set_xscale("log")
+        if categorical:
+            axes.set_xlim(-0.5, len(spec["choices"]) - 0.5)
+        axes.set_xlabel("--" + name.replace("_", "-"))
+        axes.set_ylabel(metric)
+        if len(axes.collections) > 1:
+            axes.legend(fontsize="small")
+    for axes in axes_list[:panels]:
+        axes.grid(alpha=0.3)
+        if not axes.lines and not axes.collections:
+            axes.text(0.5, 0.5, "nothing logged yet", ha="center", transform=axes.transAxes)
+    direction = space["direction"]
+    figure.suptitle(f"sweep {record['name']}: {metric} ({direction}), {len(trials)} trials")
+    save(figure, output)
+    return figure
+
+
 def save(figure, output: str) -> None:
     folder = os.path.dirname(output)
     if folder:
@@ -299,6 +424,10 @@ def save(figure, output: str) -> None:
 def main(argv=None) -> str:
     """Write the figure that `argv` asks for; return its path."""
     args = parse_args(argv)
+    if is_sweep(args.run_dirs[0]):
+        plot_sweep(args.run_dirs[0], args.output)
+        print(f"wrote {args.output}")
+        return args.output
     labels = run_labels(args.run_dirs)
     runs = [(label, read_metrics(path)) for label, path in zip(labels, args.run_dirs, strict=True)]
     if args.activations:

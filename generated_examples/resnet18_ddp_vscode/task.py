@@ -6,14 +6,18 @@ train.py, predict.py and export.py know nothing of labels, losses or accuracy; t
     SHOWN                      the metrics printed on each epoch's line
     COLLATE                    how samples become a batch (None: stacked); the data sets
                                themselves are in dataset.py
+    preprocessor(options, training) what prepare() applies on the device (augments in training)
     prepare(batch, device, preprocess) -> (inputs, targets) on the device, augmented together
     loss(model, batch)         -> (loss, parts): the training loss, the one definition of it
     validation_sums(model, batch) -> {name: tensor}, added up over every batch and process
+    accumulate(totals, sums), gather(totals) how evaluate() adds them up over batches, then
+                               over processes
     metrics(sums)              -> {name: number}, from the sums of the whole validation set
     example_input(options, batch_size) a normalized batch the model takes (summary, export)
     inference_model(model)     the model as predict.py and export.py run it: images -> tensor
     input_transform(in_channels, image_size) an image file -> a sample's uint8 image (predict)
-    EXPORT_FORMATS, describe_io(options), add_predict_arguments(parser), Predictions
+    EXPORT_FORMATS, describe_io(options), export_metadata(state) for export.py
+    class_names(state), add_predict_arguments(parser), Predictions for predict.py
 
 Validation is exact under torchrun: each process validates its own unpadded shard, and the sums
 are added up across processes in one all_reduce before metrics() divides them.
@@ -39,13 +43,22 @@ import json
 import torch
 from torch import nn
 
+import distributed
+from image_pipeline import MEAN, STD, Preprocess, image_transform
 from options import count
-from pipeline import Preprocess, image_transform
 
 BEST_METRIC, BEST_MODE = "val_acc", "max"
 SHOWN = ("val_loss", "val_acc")
 COLLATE = None
 EXPORT_FORMATS = ("torchscript", "exported", "onnx")
+
+
+def preprocessor(options: dict, training: bool = False) -> Preprocess:
+    """What prepare() applies to a batch of train.py's `options`: with `training`, --augment's
+    crops (padded by an eighth of the image) and flips."""
+    if training:
+        return Preprocess(options["augment"], options["image_size"] // 8, options["channels_last"])
+    return Preprocess(channels_last=options["channels_last"])
 
 
 def prepare(batch, device: torch.device, preprocess: Preprocess):
@@ -81,6 +94,10 @@ def metrics(sums: dict[str, torch.Tensor]) -> dict[str, float]:
     return {"val_loss": sums["loss"].item() / count, "val_acc": sums["correct"].item() / count}
 
 
+# evaluate() adds up validation_sums over the batches, then over the processes (all_reduce).
+accumulate, gather = distributed.add_sums, distributed.all_reduce_sums
+
+
 def example_input(options: dict, batch_size: int, seed: int = 0) -> torch.Tensor:
     """A batch as the model sees one: random uint8 images through Preprocess."""
     generator = torch.Generator().manual_seed(seed)
@@ -100,12 +117,46 @@ def input_transform(in_channels: int, image_size: int):
 
 
 def describe_io(options: dict) -> dict:
-    """How an exported model's input is made from an image, and the shape of its logits."""
-    size = options["image_size"]
+    """What an exported model takes and returns (export.py's metadata): how its input is made
+    from an image, and the shape of its logits. A name in a shape ("batch") is a dimension of
+    any size."""
+    channels, size = options["in_channels"], options["image_size"]
     return {
-        "resize": f"shorter side to {size} pixels, then the centre {size}x{size}",
-        "output_shape": ["batch", options["num_classes"]],
+        "input": {
+            "name": "images",
+            "shape": ["batch", channels, size, size],
+            "dtype": "float32",
+            "image_mode": "L" if channels == 1 else "RGB",
+            "resize": f"shorter side to {size} pixels, then the centre {size}x{size}",
+            "scale": "uint8 pixel values / 255, to [0, 1]",
+            "mean": [MEAN] * channels,
+            "std": [STD] * channels,
+            "normalize": "(scaled - mean) / std, per channel",
+        },
+        "output": {"name": "logits", "shape": ["batch", options["num_classes"]]},
     }
+
+
+def export_metadata(state: dict) -> dict:
+    """What export.py's metadata says of checkpoint `state` besides its input and output: the
+    classes, by name, and the shape of the images."""
+    options = state["args"]
+    return {
+        "class_names": class_names(state),
+        "num_classes": options["num_classes"],
+        "image_size": options["image_size"],
+        "in_channels": options["in_channels"],
+    }
+
+
+def class_names(state: dict) -> list[str]:
+    """The checkpoint's names of the classes, in label order; the class indices where it has
+    none (a FakeData run) or not one per class."""
+    classes = state["args"]["num_classes"]
+    names = state.get("class_names")
+    if names is None or len(names) != classes:
+        return [str(index) for index in range(classes)]
+    return [str(name) for name in names]
 
 
 # ---- predict.py --------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 A sample is (uint8 image (channels, size, size), int64 mask (size, size)) at --image-size: each
 mask pixel holds the class index of its image pixel, or IGNORE_INDEX (255) where no loss or metric
-counts it. pipeline.py batches them, and augments and normalizes them on the device, moving each
+counts it. image_pipeline.py augments and normalizes them on the device, moving each
 mask with its image. DATASETS lists the names --dataset takes: add your own lines there.
 
 With --cache, the datasets read from files (CACHEABLE) decode every image and mask once into
@@ -24,7 +24,8 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 
 import shapes
 from cache import CacheError, cached
-from pipeline import IGNORE_INDEX, DatasetError, has_image_extension, image_checker
+from image_pipeline import IGNORE_INDEX, has_image_extension, image_checker
+from pipeline import DatasetError
 
 
 def input_transform(in_channels: int, image_size: int):
@@ -406,3 +407,13 @@ def class_names(dataset: Dataset) -> list[str] | None:
         dataset = dataset.dataset
     names = getattr(dataset, "classes", None)
     return [str(name) for name in names] if names is not None else None
+
+
+def options_from_data(dataset: Dataset) -> dict:
+    """The model options that the data decides: none here (--num-classes is an option)."""
+    return {}
+
+
+def checkpoint_metadata(dataset: Dataset) -> dict:
+    """What each checkpoint keeps of the data: the class names (predict.py prints them)."""
+    return {"class_names": class_names(dataset)}

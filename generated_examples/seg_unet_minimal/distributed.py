@@ -128,6 +128,13 @@ def autocast_for(amp: bool, device: torch.device) -> functools.partial:
     return functools.partial(torch.autocast, device.type, dtype, enabled=amp)
 
 
+def add_sums(totals: dict[str, torch.Tensor], sums: dict[str, torch.Tensor]) -> None:
+    """Add each tensor of `sums` to its total in `totals` (as float64: counts stay exact up to
+    2**53)."""
+    for name, value in sums.items():
+        totals[name] = totals.get(name, 0) + value.double()
+
+
 def all_reduce_sums(sums: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Sum every tensor of `sums` over all processes, in one all_reduce of them laid end to end
     (as float64: counts stay exact up to 2**53)."""

@@ -1,5 +1,5 @@
 """Segmentation models: a small U-Net of our own and torchvision's, adapted to any class count and
-channel count. build_model() is what train.py, predict.py and export.py call.
+channel count. model_from_options() is what train.py, predict.py and export.py call.
 
 A model maps normalized images (batch, channels, size, size) to per-pixel logits (batch, classes,
 size, size): the U-Net as a plain tensor, torchvision's as a dict {"out": logits, "aux": logits of
@@ -127,6 +127,17 @@ HEADS = {
 }
 
 
+# The options of train.py that build a model: a checkpoint without them cannot be rebuilt.
+MODEL_OPTIONS = ("model", "num_classes", "in_channels", "image_size")
+
+
+def model_from_options(options: dict, pretrained: bool = True) -> nn.Module:
+    """The model that train.py's options describe (vars(args), or a checkpoint's "args"); with
+    `pretrained`, its --weights from the hub cache (predict.py loads a checkpoint's instead)."""
+    weights = options.get("weights") if pretrained else None
+    return build_model(*(options[name] for name in MODEL_OPTIONS), weights)
+
+
 def build_model(
     name: str, num_classes: int, in_channels: int, image_size: int, weights: str | None = None
 ) -> nn.Module:
@@ -170,6 +181,14 @@ def build_model(
     if in_channels != 3:
         replace_stem(model, in_channels)
     return model
+
+
+def fsdp_blocks(model: nn.Module) -> list[nn.Module]:
+    """The parts that --fsdp shards one at a time, so that one part's whole weights are gathered
+    at a time (sharded.shard): the U-Net's levels; torchvision's models are one part."""
+    if isinstance(model, UNet):
+        return [*model.downs, *model.ups]
+    return []
 
 
 def final_convs(model: nn.Module) -> list[tuple[nn.Module, str]]:

@@ -432,8 +432,9 @@ def options_problem(args) -> str | None:
         return "--overwrite starts the run over, --resume continues it: pass one of them"
     if args.resume and args.resume != "auto" and not os.path.exists(args.resume):
         return f"--resume {args.resume}: no such run folder or checkpoint"
-    if args.init_from and not os.path.isfile(args.init_from):
-        return f"--init-from {args.init_from}: no such file"
+    problem = args.init_from and runs.checkpoint_file_problem(args.init_from)
+    if problem:
+        return f"--init-from {problem}"
     return runs.output_dir_problem(args)
 
 

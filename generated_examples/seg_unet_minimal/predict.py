@@ -3,7 +3,7 @@
     python predict.py runs/RUN/best.pt photo.jpg holiday/ 'scans/*.png'
 
 The model is built from the checkpoint's own options and weights, and every image goes through
-the pipeline that validation uses (task.input_transform, then pipeline.Preprocess on the
+the pipeline that validation uses (task.input_transform, then image_pipeline.Preprocess on the
 device), so predictions match what train.py measured. What is written for each image is the
 task's (task.Predictions): one line each, with classes named as the checkpoint names them (a class
 index where it names none). Where the task writes one --output file, a folder means
@@ -27,11 +27,11 @@ import distributed
 import runs
 import task
 from finetune import ModelError
-from model import build_model
+from image_pipeline import Preprocess, has_image_extension
+from model import MODEL_OPTIONS, model_from_options
 from options import HelpFormatter, Parser, count
-from pipeline import DatasetError, Preprocess, build_loader, has_image_extension
+from pipeline import DatasetError, build_loader
 
-MODEL_OPTIONS = ("model", "num_classes", "in_channels", "image_size")  # what builds the model
 DEFAULT_FILE_NAME = "predictions"  # FOLDER/predictions.csv for an --output that is a folder
 EXPECTED_ERRORS = (checkpoint.CheckpointError, DatasetError, distributed.SetupError, OSError)
 
@@ -77,8 +77,9 @@ def parse_args(argv=None):
 
 def options_problem(args) -> str | None:
     """What makes these options unable to work (checked before the checkpoint is read)."""
-    if not os.path.isfile(args.checkpoint):
-        return f"checkpoint {args.checkpoint}: no such file"
+    problem = runs.checkpoint_file_problem(args.checkpoint)
+    if problem:
+        return f"checkpoint {problem}"
     clash = runs.run_file_clash(args.output) if args.output else None
     if clash:
         return f"--output {args.output} {clash}: choose another path"
@@ -138,7 +139,7 @@ def load_trained_model(path: str, device: torch.device | str = "cpu") -> tuple[n
             "options that built them): pass a last.pt, best.pt or step_*.pt of a run"
         )
     try:
-        model = build_model(*(state["args"][name] for name in MODEL_OPTIONS))
+        model = model_from_options(state["args"], pretrained=False)
     except ModelError as error:
         raise checkpoint.CheckpointError(f"cannot build the model of {path}: {error}") from None
     checkpoint.load_weights(model, state, path)
@@ -153,16 +154,6 @@ def is_train_checkpoint(state: dict) -> bool:
         and isinstance(options, dict)
         and all(name in options for name in MODEL_OPTIONS)
     )
-
-
-def class_names(state: dict) -> list[str]:
-    """The checkpoint's names of the classes, in label order; the class indices where it has
-    none (a FakeData run) or not one per class."""
-    count = state["args"]["num_classes"]
-    names = state.get("class_names")
-    if names is None or len(names) != count:
-        return [str(index) for index in range(count)]
-    return [str(name) for name in names]
 
 
 class ImageFiles(Dataset):
@@ -200,7 +191,7 @@ def predict(args) -> list[dict]:
         raise checkpoint.CheckpointError(
             f"{args.checkpoint} takes {in_channels}-channel images; image files give 1 or 3"
         )
-    predictions = task.Predictions(args, class_names(state))
+    predictions = task.Predictions(args, task.class_names(state))
     files = ImageFiles(args.images, in_channels, image_size)
     loader = build_loader(
         files, None, args.batch_size, args.workers, ctx.device.type == "cuda", seed=0

@@ -100,9 +100,10 @@ def describe(output):
     return type(output).__name__
 
 
-def summarize(model: nn.Module, input_shape, device=None) -> Summary:
+def summarize(model: nn.Module, example, device=None) -> Summary:
     """One row per named module (containers too, the model itself first) after one forward pass
-    of a random batch of `input_shape` (batch dimension included) on the model's device.
+    on the model's device of `example`: a batch (a tensor, such as token ids), or the shape of a
+    random one (batch dimension included).
 
     ValueError, with a one-line message, when that forward pass fails (a wrong image size)."""
     first = next(model.parameters(), None)
@@ -110,8 +111,13 @@ def summarize(model: nn.Module, input_shape, device=None) -> Summary:
     if device is None:
         device = first.device if first is not None else torch.device("cpu")
     dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
-    generator = torch.Generator().manual_seed(0)  # leaves the global random state alone
-    batch = torch.randn(tuple(input_shape), generator=generator).to(device, dtype)
+    if isinstance(example, torch.Tensor):
+        batch = example
+    else:
+        generator = torch.Generator().manual_seed(0)  # leaves the global random state alone
+        batch = torch.randn(tuple(example), generator=generator)
+    batch = batch.to(device, dtype) if batch.is_floating_point() else batch.to(device)
+    input_shape = tuple(batch.shape)
 
     rows, handles = [], []
     for name, module in model.named_modules():
@@ -138,7 +144,7 @@ def summarize(model: nn.Module, input_shape, device=None) -> Summary:
             handle.remove()
         for module, training in modes.items():
             module.training = training
-    return Summary(rows, count_parameters(model), tuple(input_shape))
+    return Summary(rows, count_parameters(model), input_shape)
 
 
 def record_output(row: Row):

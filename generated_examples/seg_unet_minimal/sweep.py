@@ -5,7 +5,7 @@
     python sweep.py trial demo --index $SLURM_ARRAY_TASK_ID    # one trial per SLURM array task
     python sweep.py status demo                                # the trials, and the best so far
     python sweep.py best demo                                  # the best trial's train.py command
-    python sweep.py reap demo --requeue                        # trials whose process is gone
+    python sweep.py reap demo --requeue                        # trials whose owner is gone
 
 The study is a journal file in the sweep's folder (Optuna's JournalStorage with the lock meant for
 NFS): no server and no database, and any process can open it again, so nothing needs to outlive
@@ -19,6 +19,11 @@ SLURM array index) in the study before it trains. `run` takes over the trials of
 whose owner died; an array task finds its own trial again after a requeue. A kill in the middle
 of a journal write leaves a torn last line, which is cut off, under the journal's lock, before
 the study is opened.
+
+An owner on another host (a node of the cluster that was preempted or crashed) cannot be checked
+by its process id: `reap` asks SLURM whether the owner's job is still queued or running, where it
+recorded one and squeue is there, and otherwise takes the owner for gone once the heartbeat file
+of its trial folder, touched every HEARTBEAT_SECONDS while it trains, is older than --stale.
 """
 
 import argparse
@@ -33,6 +38,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import yaml
@@ -54,6 +60,15 @@ MAX_STARTS = 5  # a trial whose process died this many times is marked FAIL, not
 # How long a lock file may stay before it is taken for the leftover of a killed process (Optuna's
 # default): longer than any journal write on a slow shared file system.
 LOCK_GRACE_SECONDS = 30
+HEARTBEAT = "heartbeat"  # in each trial folder: touched by the trial's owner while it trains
+HEARTBEAT_SECONDS = 30
+# `reap`'s default --stale: many missed beats, so that a slow shared file system (attributes
+# cached for up to a minute) or clocks a few minutes apart never make a live owner look gone.
+STALE_SECONDS = 600
+# What squeue says of a job that will not run again; any other state (pending, running,
+# requeued, suspended, completing) means the owner is, or will be back, at its trial.
+SLURM_ENDED = ("BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL")
+SLURM_ENDED += ("OUT_OF_MEMORY", "PREEMPTED", "REVOKED", "SPECIAL_EXIT", "TIMEOUT")
 
 
 class SweepError(Exception):
@@ -380,7 +395,9 @@ def make_sweep(building: str, name: str, space_path: str, space: dict, trials: i
             "command": sys.orig_argv,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "host": socket.gethostname(),
+            # What made the code that trains: the template, its options, the project's commit.
             "template_version": train.TEMPLATE_VERSION,
+            "scaffold_new": records.scaffold_command(project),
             "git_commit": commit,
             "git_dirty": bool(records.git(project, "status", "--porcelain")) if commit else None,
             "optuna": optuna.__version__,
@@ -404,23 +421,29 @@ def process_start(pid: int) -> str | None:
 
 
 def this_owner(index: int | None = None) -> dict:
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
     return {
         "pid": os.getpid(),
         "host": socket.gethostname(),
         "start": process_start(os.getpid()),
         "index": index,
-        "job": os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID"),
+        "job": array or os.environ.get("SLURM_JOB_ID"),
+        # The id squeue knows this very task by (an array task's own, 4240_3).
+        "slurm_job": f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID"),
         "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
 
-def owner_state(owner: dict | None) -> str:
+def owner_state(owner: dict | None, run_dir: str | None = None, stale: float | None = None) -> str:
     """Whether the process that owns a trial is "alive", "gone", or "elsewhere" (on another
-    host: it cannot be checked from here)."""
+    host). With the trial's `run_dir` and `stale` seconds, an owner elsewhere is "alive" or
+    "gone" too, as remote_owner tells."""
     if not owner:  # its process was killed between taking the trial and recording itself
         return "gone"
     if owner["host"] != socket.gethostname():
-        return "elsewhere"
+        if run_dir is None or stale is None:
+            return "elsewhere"
+        return remote_owner(owner, run_dir, stale)[0]
     try:
         os.kill(owner["pid"], 0)
     except ProcessLookupError:
@@ -431,6 +454,67 @@ def owner_state(owner: dict | None) -> str:
     if started == "exited" or (owner.get("start") and started != owner["start"]):
         return "gone"  # ended (a zombie), or the pid now belongs to another process
     return "alive"
+
+
+def remote_owner(owner: dict, run_dir: str, stale: float) -> tuple[str, str]:
+    """("alive" or "gone", why) of an owner on another host: what SLURM says of its job where it
+    can tell, else whether the heartbeat of its trial folder (or, before the first beat, its
+    claim) is older than `stale` seconds."""
+    job = owner.get("slurm_job")
+    queued = slurm_job_queued(job)
+    if queued is not None:
+        return ("alive", f"job {job} is queued") if queued else ("gone", f"job {job} has ended")
+    try:
+        beat = os.stat(os.path.join(run_dir, HEARTBEAT)).st_mtime
+    except OSError:
+        beat = time.mktime(time.strptime(owner["since"], "%Y-%m-%dT%H:%M:%S%z"))
+    age = time.time() - beat
+    if age > stale:
+        return "gone", f"no heartbeat for {age:.0f} s"
+    return "alive", f"heartbeat {age:.0f} s ago"
+
+
+def slurm_job_queued(job: str | None) -> bool | None:
+    """Whether SLURM still has job `job` pending or running (a requeued task counts: it comes
+    back to its trial); None where it cannot tell: no job recorded, no squeue, squeue failed."""
+    if not job or shutil.which("squeue") is None:
+        return None
+    command = ["squeue", "--noheader", "--jobs", job, "--format", "%T"]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if done.returncode != 0:  # a job SLURM has forgotten is an error, so is a controller down
+        return False if "invalid job id" in done.stderr.lower() else None
+    states = done.stdout.split()
+    return any(state not in SLURM_ENDED for state in states)
+
+
+def touch(path: str) -> None:
+    with open(path, "a"):
+        os.utime(path)
+
+
+@contextlib.contextmanager
+def heartbeat(run_dir: str):
+    """Touch RUN_DIR/heartbeat now and every HEARTBEAT_SECONDS until the block ends, from a
+    thread: a node that dies stops it, which is how `reap` on another host knows."""
+    path = os.path.join(run_dir, HEARTBEAT)
+    touch(path)
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(HEARTBEAT_SECONDS):
+            with contextlib.suppress(OSError):  # a file system that hiccups: the next beat
+                touch(path)
+
+    thread = threading.Thread(target=beat, name="sweep-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()  # a beat under way ends before the block does: none comes after it
 
 
 def counted(trials) -> list:
@@ -498,6 +582,9 @@ def take_unlocked(study, folder: str, total: int, index: int | None):
         trial = study.ask()  # an enqueued trial (reap --requeue) first, else a new one
         trial.set_user_attr("starts", 1)
     trial.set_user_attr("owner", this_owner(index))
+    # A claim is a beat: the owner is not taken for gone before its heartbeat starts.
+    os.makedirs(trial_folder(folder, trial.number), exist_ok=True)
+    touch(os.path.join(trial_folder(folder, trial.number), HEARTBEAT))
     if index is not None:
         os.makedirs(os.path.join(folder, ARRAY_DIR), exist_ok=True)
         write_json(os.path.join(folder, ARRAY_DIR, f"{index}.json"), {"trial": trial.number})
@@ -659,7 +746,8 @@ def trial_process(name: str, index: int | None, parent: int | None) -> int:
         log = os.open(os.path.join(run_dir, TRIAL_LOG), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         os.dup2(log, 1)
         os.dup2(log, 2)
-    code = run_trial(study, trial, space["space"], folder)
+    with heartbeat(run_dir):
+        code = run_trial(study, trial, space["space"], folder)
     (ended,) = [past for past in study.get_trials(deepcopy=False) if past.number == trial.number]
     value = "" if ended.value is None else f" {space['space']['metric']} {ended.value:.4f}"
     print(f"trial {trial.number}: {ended.state.name}{value}", file=console, flush=True)
@@ -755,11 +843,12 @@ def status(name: str) -> int:
         params = " ".join(f"{flag(key)}={setting}" for key, setting in trial.params.items())
         state = trial.state.name
         owner = trial.user_attrs.get("owner")
+        run_dir = trial_folder(folder, trial.number)
         if state == "RUNNING" and owner:
-            params += f"  (process {owner['pid']} on {owner['host']}: {owner_state(owner)})"
+            alive = owner_state(owner, run_dir, STALE_SECONDS)
+            params += f"  (process {owner['pid']} on {owner['host']}: {alive})"
         if "error" in trial.user_attrs:
             params += f"  ({trial.user_attrs['error']})"
-        run_dir = trial_folder(folder, trial.number)
         print(f"{trial.number:>5}  {state:8}  {value:>10}  {run_dir:24}  {params}")
     best = best_trial(study)
     if best is not None:
@@ -780,24 +869,26 @@ def best(name: str) -> int:
     return 0
 
 
-def reap(name: str, requeue: bool) -> int:
-    """Mark FAIL the running trials whose process is gone (on this machine; another machine's
-    are listed, to reap there); with `requeue`, enqueue their parameters again as new trials."""
+def reap(name: str, requeue: bool, stale: float = STALE_SECONDS) -> int:
+    """Mark FAIL the running trials whose owner is gone: a process of this machine that ended,
+    or an owner on another host whose SLURM job has ended or, where SLURM cannot tell, whose
+    heartbeat is older than `stale` seconds. With `requeue`, enqueue their parameters again as
+    new trials."""
     optuna = optuna_module()
     folder = sweep_folder(name)
     study = open_study(folder)
     with file_lock(os.path.join(folder, "claim")):
         for frozen in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
             owner = frozen.user_attrs.get("owner")
+            why = "its process was gone"
             state = owner_state(owner)
+            if state == "elsewhere":
+                state, why = remote_owner(owner, trial_folder(folder, frozen.number), stale)
+                why = f"process {owner['pid']} on {owner['host']}: {why}"
             if state == "alive":
                 continue
-            if state == "elsewhere":
-                where = f"process {owner['pid']} on {owner['host']}"
-                print(f"trial {frozen.number}: {where}: reap it on {owner['host']}")
-                continue
             trial = optuna.trial.Trial(study, frozen._trial_id)
-            trial.set_user_attr("error", "its process was gone (reaped)")
+            trial.set_user_attr("error", f"{why} (reaped)")
             # Marked before it is enqueued: a kill in between loses the requeue, not the count
             # (a requeued trial does not count toward the total: `run` asks a new one instead),
             # and a second reap does not enqueue it twice.
@@ -806,7 +897,7 @@ def reap(name: str, requeue: bool) -> int:
                 study.enqueue_trial(frozen.params, skip_if_exists=False)
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             again = ": parameters enqueued again" if requeue else ""
-            print(f"trial {frozen.number}: FAIL (its process was gone){again}")
+            print(f"trial {frozen.number}: FAIL ({why}){again}")
     return 0
 
 
@@ -838,15 +929,29 @@ def parse_args(argv=None):
         ("best", "the best trial's train.py command"),
     ):
         commands.add_parser(command, help=text).add_argument("name")
-    again = commands.add_parser("reap", help="mark FAIL the trials whose process is gone")
+    again = commands.add_parser("reap", help="mark FAIL the trials whose owner is gone")
     again.add_argument("name")
     again.add_argument("--requeue", action="store_true", help="and run their parameters again")
+    again.add_argument(
+        "--stale",
+        type=positive,
+        default=STALE_SECONDS,
+        metavar="SECONDS",
+        help="an owner on another host is gone when its heartbeat (touched every "
+        f"{HEARTBEAT_SECONDS} s) is older than this, unless squeue says its job is queued "
+        f"(default {STALE_SECONDS})",
+    )
     hidden = commands.add_parser("_trial")  # one process of `run`
     hidden.add_argument("name")
     hidden.add_argument("--parent", type=int)
     args = parser.parse_args(argv)
     if args.command == "trial" and args.index is None:
         parser.error("trial needs --index I (or $SLURM_ARRAY_TASK_ID)")
+    if args.command == "reap" and args.stale < 2 * HEARTBEAT_SECONDS:
+        parser.error(
+            f"--stale must be at least {2 * HEARTBEAT_SECONDS} s: owners beat every "
+            f"{HEARTBEAT_SECONDS} s"
+        )
     return args
 
 
@@ -879,7 +984,7 @@ def main(argv=None) -> int:
             return status(args.name)
         if args.command == "best":
             return best(args.name)
-        return reap(args.name, args.requeue)
+        return reap(args.name, args.requeue, args.stale)
     except SweepError as error:
         print(f"error: {error}", file=sys.stderr)
         return error.code

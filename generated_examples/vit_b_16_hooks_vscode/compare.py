@@ -19,13 +19,20 @@ whose names hold a "/" (val_iou/3). Needs matplotlib for the figure (`pip instal
 """
 
 import argparse
-import glob
 import json
 import math
 import os
 import statistics
 
-from plot import import_matplotlib, is_number, read_metrics, save, validation_metrics
+from plot import (
+    import_matplotlib,
+    is_number,
+    is_sweep,
+    read_metrics,
+    save,
+    sweep_run_dirs,
+    validation_metrics,
+)
 
 LOSSES = ("train_loss", "val_loss")  # the first columns: every task logs them
 # What may differ between repeats of one setting (the seed), or does not change the training.
@@ -56,13 +63,7 @@ def run_folders(paths: list[str]) -> list[str]:
     runs/sweeps/NAME, which holds sweep.json) every trial in it that has started."""
     folders = []
     for path in paths:
-        if not os.path.isfile(os.path.join(path, "sweep.json")):
-            folders.append(path)
-            continue
-        configs = sorted(glob.glob(os.path.join(path, "trial_*", "config.json")))
-        if not configs:
-            raise SystemExit(f"error: no trial of the sweep in {path} has started yet")
-        folders += [os.path.dirname(config) for config in configs]
+        folders += sweep_run_dirs(path) if is_sweep(path) else [path]
     return folders
 
 

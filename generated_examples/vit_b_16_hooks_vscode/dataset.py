@@ -1,6 +1,6 @@
 """The classification datasets: --dataset NAME -> (training set, validation set).
 
-A sample is (uint8 image (channels, height, width), class index); pipeline.py batches, augments and
+A sample is (uint8 image (channels, height, width), class index); image_pipeline.py augments and
 normalizes them on the device. DATASETS lists the names --dataset takes: `scaffold add dataset`
 adds its own lines there, and so can you.
 """
@@ -15,7 +15,8 @@ from torchvision import datasets
 
 import shapes
 from cache import CachedImages, CacheError, cached
-from pipeline import DatasetError, has_image_extension, image_checker, image_transform
+from image_pipeline import has_image_extension, image_checker, image_transform
+from pipeline import DatasetError
 
 
 class InMemoryImages(Dataset):
@@ -165,7 +166,7 @@ def torchvision_datasets(dataset_class, folder, args, transform):
 
 
 # --dataset NAME -> builder(args, transform) -> (train_set, val_set); `transform` turns an image
-# into the uint8 tensor the model's batches are made of (pipeline.image_transform).
+# into the uint8 tensor the model's batches are made of (image_pipeline.image_transform).
 CACHEABLE = ("folder", "cifar10", "mnist")  # the datasets --cache can keep decoded
 DATASETS = {
     "synthetic": synthetic_datasets,
@@ -211,3 +212,13 @@ def class_names(dataset: Dataset) -> list[str] | None:
         dataset = dataset.dataset
     names = getattr(dataset, "classes", None)
     return [str(name) for name in names] if names is not None else None
+
+
+def options_from_data(dataset: Dataset) -> dict:
+    """The model options that the data decides: none here (--num-classes is an option)."""
+    return {}
+
+
+def checkpoint_metadata(dataset: Dataset) -> dict:
+    """What each checkpoint keeps of the data: the class names (predict.py prints them)."""
+    return {"class_names": class_names(dataset)}

@@ -8,12 +8,15 @@ ONNX needs onnx, onnxscript and onnxruntime (`pip install -e '.[export]'`). `--o
 writes FOLDER/best.torchscript.pt (the default name); an --output that would replace a file of a
 run, such as its last.pt or config.json, is refused.
 
-The exported model takes what pipeline.Preprocess returns, a float batch of normalized images of
-any batch size, and returns the task's output tensor (task.inference_model: logits for
-classification). Beside it, PATH.json says how to make that batch (size,
-channels, normalization) and names the classes. Every export is loaded back and compared with the
-checkpoint's model on a batch of another size before it is kept: until then the files have
-temporary names, and a failed export leaves nothing behind.
+The exported model is the task's (task.inference_model): for images, a float batch of normalized
+images (what image_pipeline.Preprocess returns) of any batch size to the task's output tensor,
+logits for classification; for a language model, int64 token ids (batch, T), T up to its block
+size, to the next token's logits at every position. Beside it, PATH.json says how to make its input
+and read its output (task.describe_io, task.export_metadata: an image's size, channels and
+normalization and the class names; a language model's tokenizer). Every export is loaded back and
+compared with the checkpoint's model on an input of another batch size (and another length T)
+before it is kept: until then the files have temporary names, and a failed export leaves nothing
+behind.
 """
 
 import importlib
@@ -30,8 +33,7 @@ import files
 import runs
 import task
 from options import HelpFormatter, Parser, real
-from pipeline import MEAN, STD
-from predict import class_names, load_trained_model, one_line_errors
+from predict import load_trained_model, one_line_errors
 
 SUFFIXES = {"torchscript": ".torchscript.pt", "exported": ".pt2", "onnx": ".onnx"}
 FORMATS = {fmt: SUFFIXES[fmt] for fmt in task.EXPORT_FORMATS}  # the formats this task's models take
@@ -43,7 +45,6 @@ TOLERANCE = 1e-4
 # Not 1, which torch.export would take for a constant.
 TRACE_BATCH, CHECK_BATCH = 2, 3
 ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
-INPUT_NAME, OUTPUT_NAME = "images", "logits"
 # How exporters name an operator in their errors, most specific first: torch.onnx, torch.export
 # (custom operators), torch.ops (torch.ops.aten.conv2d.default), TorchScript (aten::conv2d).
 OPERATOR_PATTERNS = (
@@ -65,7 +66,7 @@ def parse_args(argv=None):
         formatter_class=HelpFormatter,
     )
     parser.add_argument("checkpoint", help="a checkpoint written by train.py, such as best.pt")
-    parser.add_argument("--format", required=True, choices=list(FORMATS), help="what to write")
+    parser.add_argument("--format", required=True, choices=list(SUFFIXES), help="what to write")
     parser.add_argument(
         "--output",
         help="the exported model's path, or a folder for it (default: beside the checkpoint)",
@@ -90,12 +91,15 @@ def parse_args(argv=None):
 
 def default_output(checkpoint_path: str, fmt: str) -> str:
     """runs/RUN/best.pt -> runs/RUN/best.torchscript.pt, best.pt2 or best.onnx."""
-    return os.path.splitext(checkpoint_path)[0] + FORMATS[fmt]
+    return os.path.splitext(checkpoint_path)[0] + SUFFIXES[fmt]
 
 
 def options_problem(args) -> str | None:
-    if not os.path.isfile(args.checkpoint):
-        return f"checkpoint {args.checkpoint}: no such file"
+    if args.format not in FORMATS:
+        return task.FORMAT_REFUSALS[args.format]
+    problem = runs.checkpoint_file_problem(args.checkpoint)
+    if problem:
+        return f"checkpoint {problem}"
     if os.path.abspath(args.output) == os.path.abspath(args.checkpoint):
         return f"--output {args.output} is the checkpoint itself: choose another path"
     for path in (args.output, args.output + ".json"):  # the model, and its metadata
@@ -122,10 +126,8 @@ def export_checkpoint(path: str, fmt: str, output: str, tolerance: float = TOLER
         require_onnx_packages()
     model, state = load_trained_model(path)
     model = task.inference_model(model)
-    options = state["args"]
     metadata = describe(state, path, fmt)
-    shape = options["in_channels"], options["image_size"]
-    how, difference = export_verified(model, fmt, output, *shape, metadata, tolerance)
+    how, difference = export_verified(model, fmt, output, state["args"], metadata, tolerance)
     print(
         f"{how}: wrote {output} and {output}.json; largest difference from the checkpoint's "
         f"model on a batch of {CHECK_BATCH}: {difference:.2e} (at most {tolerance:g})"
@@ -150,28 +152,12 @@ def require_onnx_packages() -> None:
 def describe(state: dict, path: str, fmt: str) -> dict:
     """What a program that runs the exported model needs to know besides the file."""
     options = state["args"]
-    channels, size = options["in_channels"], options["image_size"]
-    io = task.describe_io(options)
     return {
         "format": fmt,
         "model": options["model"],
         "checkpoint": os.path.abspath(path),
-        "class_names": class_names(state),
-        "num_classes": options["num_classes"],
-        "image_size": size,
-        "in_channels": channels,
-        "input": {
-            "name": INPUT_NAME,
-            "shape": ["batch", channels, size, size],
-            "dtype": "float32",
-            "image_mode": "L" if channels == 1 else "RGB",
-            "resize": io["resize"],
-            "scale": "uint8 pixel values / 255, to [0, 1]",
-            "mean": [MEAN] * channels,
-            "std": [STD] * channels,
-            "normalize": "(scaled - mean) / std, per channel",
-        },
-        "output": {"name": OUTPUT_NAME, "shape": io["output_shape"]},
+        **task.export_metadata(state),
+        **task.describe_io(options),
     }
 
 
@@ -179,19 +165,20 @@ def export_verified(
     model: nn.Module,
     fmt: str,
     path: str,
-    in_channels: int,
-    image_size: int,
+    options: dict,
     metadata: dict | None = None,
     tolerance: float = TOLERANCE,
 ) -> tuple[str, float]:
-    """Export eval-mode `model` to `path` (and `metadata` to PATH.json), load it back and
-    compare it with `model` on a batch of another size; only then move the files into place.
-    Return how it was exported and the largest absolute difference."""
+    """Export eval-mode `model`, which takes the input that train.py's `options` describe
+    (task.example_input, task.describe_io), to `path` (and `metadata` to PATH.json), load it back
+    and compare it with `model` on an input of another size; only then move the files into
+    place. Return how it was exported and the largest absolute difference."""
+    io = task.describe_io(options)
     temporary = files.temporary_name(path, keep_suffix=True)  # torch.export.save insists on .pt2
     try:
-        traced = example_batch(TRACE_BATCH, in_channels, image_size)
-        how = run_exporter(fmt, model, traced, temporary)
-        checked = example_batch(CHECK_BATCH, in_channels, image_size, seed=1)
+        traced = task.example_input(options, TRACE_BATCH)
+        how = run_exporter(fmt, model, traced, temporary, io)
+        checked = check_input(options, io)
         difference, largest = compare(model, load_exported(fmt, temporary), checked)
         if not difference <= tolerance:  # also catches NaN
             raise ExportError(
@@ -208,17 +195,23 @@ def export_verified(
     return how, difference
 
 
-def example_batch(size: int, in_channels: int, image_size: int, seed: int = 0) -> torch.Tensor:
-    """A batch as the model sees one (task.example_input)."""
-    options = {"in_channels": in_channels, "image_size": image_size}
-    return task.example_input(options, size, seed)
+def check_input(options: dict, io: dict) -> torch.Tensor:
+    """An input unlike the traced one in every dimension the exported model lets change:
+    CHECK_BATCH samples, and any other such dimension (a language model's T) cut to half, so
+    that a file that fixed one of them when it was traced fails the check."""
+    batch = task.example_input(options, CHECK_BATCH, seed=1)
+    for dim, size in enumerate(io["input"]["shape"]):
+        if dim > 0 and isinstance(size, str):
+            batch = batch.narrow(dim, 0, max(batch.shape[dim] // 2, 1))
+    return batch
 
 
-def run_exporter(fmt: str, model: nn.Module, batch: torch.Tensor, path: str) -> str:
-    """Write `model` to `path` in format `fmt`; return how. An exporter's failure becomes one
-    line naming the format and, where the error names one, the operator."""
+def run_exporter(fmt: str, model: nn.Module, batch: torch.Tensor, path: str, io: dict) -> str:
+    """Write `model`, traced on `batch`, to `path` in format `fmt`, with the names and sizes of
+    its input and output that `io` (task.describe_io) gives; return how. An exporter's failure
+    becomes one line naming the format and, where the error names one, the operator."""
     try:
-        return EXPORTERS[fmt](model, batch, path)
+        return EXPORTERS[fmt](model, batch, path, io)
     except Exception as error:
         raise ExportError(export_failure(fmt, error)) from None
 
@@ -262,32 +255,47 @@ def torchscript_warnings_off():
         yield
 
 
-def to_torchscript(model: nn.Module, batch: torch.Tensor, path: str) -> str:
+def to_torchscript(model: nn.Module, batch: torch.Tensor, path: str, io: dict) -> str:
+    # A scripted model takes any size the Python code takes: no names or sizes to declare.
     with torchscript_warnings_off():
         try:
             program, how = torch.jit.script(model), "scripted"
         except Exception:
-            # Python that TorchScript cannot compile: trace instead. The check on a batch of
-            # another size finds a trace that fixed the batch size.
+            # Python that TorchScript cannot compile: trace instead. The check on an input of
+            # another size finds a trace that fixed a size.
             program, how = torch.jit.trace(model, batch, check_trace=False), "traced"
         program.save(path)
     return f"TorchScript ({how})"
 
 
-def dynamic_batch() -> tuple[dict, ...]:
-    return ({0: torch.export.Dim("batch")},)
+def dynamic_axes(shape: list) -> dict[int, str]:
+    """The dimensions of a shape in task.describe_io that may change size, by index: those it
+    names ("batch", a language model's "T") instead of giving their size."""
+    return {dim: size for dim, size in enumerate(shape) if isinstance(size, str)}
 
 
-def to_exported(model: nn.Module, batch: torch.Tensor, path: str) -> str:
-    program = torch.export.export(model, (batch,), dynamic_shapes=dynamic_batch())
+def dynamic_shapes(io: dict) -> tuple[dict, ...]:
+    """torch.export's declaration of the input's dimensions that may change, each at most its
+    size in io["input"]["max_sizes"] where that names one (a language model's block size). One
+    that can only be 1 (a block size of 1) stays fixed: torch.export takes a 1 for a constant."""
+    limits = io["input"].get("max_sizes", {})
+    dims = {}
+    for dim, name in dynamic_axes(io["input"]["shape"]).items():
+        if limits.get(name) != 1:
+            dims[dim] = torch.export.Dim(name, max=limits.get(name))
+    return (dims,)
+
+
+def to_exported(model: nn.Module, batch: torch.Tensor, path: str, io: dict) -> str:
+    program = torch.export.export(model, (batch,), dynamic_shapes=dynamic_shapes(io))
     torch.export.save(program, path)
     return "torch.export ExportedProgram"
 
 
-def to_onnx(model: nn.Module, batch: torch.Tensor, path: str) -> str:
-    names = {"input_names": [INPUT_NAME], "output_names": [OUTPUT_NAME]}
+def to_onnx(model: nn.Module, batch: torch.Tensor, path: str, io: dict) -> str:
+    names = {"input_names": [io["input"]["name"]], "output_names": [io["output"]["name"]]}
     if "dynamo" not in inspect.signature(torch.onnx.export).parameters:  # torch before 2.5
-        axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}
+        axes = {part["name"]: dynamic_axes(part["shape"]) for part in (io["input"], io["output"])}
         torch.onnx.export(model, (batch,), path, dynamic_axes=axes, **names)
         return "ONNX (TorchScript-based exporter)"
     torch.onnx.export(
@@ -295,7 +303,7 @@ def to_onnx(model: nn.Module, batch: torch.Tensor, path: str) -> str:
         (batch,),
         path,
         dynamo=True,
-        dynamic_shapes=dynamic_batch(),
+        dynamic_shapes=dynamic_shapes(io),
         external_data=False,  # one file, which the rename after verification moves whole
         verbose=False,
         **names,
@@ -307,7 +315,7 @@ EXPORTERS = {"torchscript": to_torchscript, "exported": to_exported, "onnx": to_
 
 
 def load_exported(fmt: str, path: str):
-    """The exported file at `path`, loaded back as a function of a float batch."""
+    """The exported file at `path`, loaded back as a function of an input batch."""
     try:
         if fmt == "torchscript":
             with torchscript_warnings_off():

@@ -13,6 +13,7 @@ import fnmatch
 import glob
 import os
 import shlex
+import shutil
 import socket
 import sys
 import time
@@ -28,6 +29,11 @@ RUN_FILES = (
     "last.pt",
     "best.pt",
     "step_*.pt",
+    # --fsdp's checkpoints are folders (sharded.py), and so are the saves it cut short.
+    "step_[0-9]*[0-9]",
+    "step_*.partial",
+    "step_*.replaced",
+    "best",
     "metrics.jsonl",
     "config.json",
     "env.json",
@@ -64,6 +70,19 @@ def run_file_clash(path: str) -> str | None:
     return None
 
 
+def checkpoint_file_problem(path: str) -> str | None:
+    """Why `path` is not a checkpoint file, as the end of a sentence that starts with the option
+    that names it; None when it is one."""
+    if os.path.isfile(path):
+        return None
+    if os.path.isfile(os.path.join(path, ".metadata")):  # a step folder of a --fsdp run
+        return (
+            f"{path} is a sharded checkpoint: make it one file with "
+            f"python sharded.py consolidate {path} FILE"
+        )
+    return f"{path}: no such file"
+
+
 def new_run_dir(model: str, root: str = RUNS_DIR) -> str:
     """A folder name under `root` that no run has taken: the time now, then the model."""
     base = os.path.join(root, f"{time.strftime('%Y%m%d-%H%M%S')}-{model}")
@@ -78,7 +97,9 @@ def newest_run(root: str = RUNS_DIR) -> str | None:
     """The run under `root` whose newest checkpoint is the newest of all, or None."""
     newest, newest_time = None, 0.0
     for folder in glob.glob(os.path.join(root, "*", "")):
-        for path in glob.glob(os.path.join(folder, "*.pt")):
+        checkpoints = glob.glob(os.path.join(folder, "*.pt"))
+        checkpoints += glob.glob(os.path.join(folder, "step_*", ".metadata"))  # --fsdp's
+        for path in checkpoints:
             if os.path.getmtime(path) > newest_time:
                 newest, newest_time = folder.rstrip(os.sep), os.path.getmtime(path)
     return newest
@@ -169,7 +190,10 @@ def claim_output_dir(output_dir: str, args):
             problem = str(error)
         if lock and args.overwrite:
             for path in run_files(output_dir):
-                os.remove(path)
+                if os.path.isdir(path):
+                    shutil.rmtree(path)
+                else:
+                    os.remove(path)
     problem = distributed.broadcast_object(problem)
     if problem:
         raise RunDirError(problem)

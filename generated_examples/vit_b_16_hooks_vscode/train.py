@@ -22,6 +22,7 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -36,12 +37,12 @@ import records
 import runs
 import signals
 import task
-from dataset import CACHEABLE, build_datasets, class_names
+from dataset import CACHEABLE, build_datasets, checkpoint_metadata, options_from_data
 from finetune import ModelError, download_weights, freeze, in_head, set_train_mode
 from hooks import HookError, HookSet
 from loggers import RunLog
-from model import HEADS, build_model
-from pipeline import DatasetError, Preprocess, ShardedSampler, build_loader
+from model import HEADS, MODEL_OPTIONS, model_from_options
+from pipeline import DatasetError, ShardedSampler, build_loader
 from summary import count_parameters, format_short, format_summary, summarize
 
 PROJECT_NAME = "vit_b_16_hooks_vscode"
@@ -150,7 +151,7 @@ class Loop:
     """What train_one_epoch needs besides the model: built once by fit()."""
 
     loader: torch.utils.data.DataLoader
-    preprocess: Preprocess
+    preprocess: Callable | None  # task.preprocessor(): what task.prepare applies to a batch
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
@@ -250,25 +251,24 @@ def no_sync(model: nn.Module, skip_gradient_sync: bool):
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, preprocess: Preprocess, autocast, stop=None) -> dict:
+def evaluate(model: nn.Module, loader, preprocess, autocast, stop=None) -> dict:
     """The task's validation metrics over the whole validation set, exact across processes: each
-    process validates its own unpadded shard, and the sums are added up in one all_reduce.
+    process validates its own unpadded shard, and the task gathers its totals from every process
+    (sums: added up in one all_reduce).
     A signal stops it between batches: with `stop` (signals.StopSignals), {} if all agree to."""
     model.eval()
     device = next(model.parameters()).device
-    totals: dict[str, torch.Tensor] = {}
+    totals: dict = {}
     for batch in loader:
         if stop is not None and stop.received:
             break
         batch = task.prepare(batch, device, preprocess)
         with autocast():
-            sums = task.validation_sums(model, batch)
-        for name, value in sums.items():
-            totals[name] = totals.get(name, 0) + value.double()
+            task.accumulate(totals, task.validation_sums(model, batch))
     # Shards differ in length, so a signal is agreed on once, after every process is done.
     if stop is not None and stop.agreed():
         return {}
-    return task.metrics(distributed.all_reduce_sums(totals))
+    return task.metrics(task.gather(totals))
 
 
 def fit(args, ctx: distributed.Context, stop: signals.StopSignals, on_epoch=None) -> dict:
@@ -276,9 +276,10 @@ def fit(args, ctx: distributed.Context, stop: signals.StopSignals, on_epoch=None
     the last epoch's metrics."""
     output_dir = runs.choose_output_dir(args)
     print(f"run folder: {output_dir}")
-    model = make_model(args, ctx)
-    print(format_short(args.model, count_parameters(model)))
+    # The data first: a task may learn a model option from it (a vocabulary's size).
     data = build_data(args, ctx)
+    model = make_model(args, ctx, data.model_options)
+    print(format_short(args.model, count_parameters(model)))
     optimizer = build_optimizer(model, args)
     scheduler = build_scheduler(optimizer, args, data.steps_per_epoch, data.total_steps)
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=args.amp and ctx.device.type == "cuda")
@@ -298,9 +299,9 @@ def fit(args, ctx: distributed.Context, stop: signals.StopSignals, on_epoch=None
             "log": log,
         },
         {
-            "args": vars(args),
+            "args": {**vars(args), **data.model_options},
             "template_version": TEMPLATE_VERSION,
-            "class_names": data.classes,
+            **data.metadata,
             "steps_per_epoch": data.steps_per_epoch,
         },
         args.keep_last,
@@ -308,7 +309,7 @@ def fit(args, ctx: distributed.Context, stop: signals.StopSignals, on_epoch=None
     autocast = distributed.autocast_for(args.amp, ctx.device)
     loop = Loop(
         loader=data.train_loader,
-        preprocess=Preprocess(args.augment, args.image_size // 8, args.channels_last),
+        preprocess=task.preprocessor(vars(args), training=True),
         optimizer=optimizer,
         scheduler=scheduler,
         scaler=scaler,
@@ -339,7 +340,7 @@ def fit(args, ctx: distributed.Context, stop: signals.StopSignals, on_epoch=None
 def train_epochs(model, train_model, progress: Progress, loop: Loop, data, args, on_epoch) -> dict:
     """Train and validate epoch after epoch until the run's end; return the last metrics. On a
     signal, save last.pt and raise signals.Stopped with the command that continues the run."""
-    val_preprocess = Preprocess(channels_last=args.channels_last)
+    val_preprocess = task.preprocessor(vars(args))
     metrics, start = {}, time.perf_counter()
     while progress.epoch < args.epochs and progress.step < data.total_steps:
         skip = progress.step_in_epoch * args.grad_accum_steps * args.batch_size
@@ -393,7 +394,8 @@ def end_of_epoch(model, progress: Progress, loop: Loop, val_loader, preprocess, 
 
 def evaluate_checkpoint(args, ctx: distributed.Context) -> dict:
     """--eval-only: validate the weights of --resume (or --init-from) and print the metrics."""
-    model = make_model(args, ctx)
+    data = build_data(args, ctx)
+    model = make_model(args, ctx, data.model_options)
     if args.resume:
         path = args.resume
         if os.path.isfile(path):
@@ -401,16 +403,20 @@ def evaluate_checkpoint(args, ctx: distributed.Context) -> dict:
         else:
             folder = path if os.path.isdir(path) else runs.find_run_to_evaluate(args)
             found = checkpoint.find_resume_checkpoint(folder)
+            for sharded in (folder, os.path.join(folder, "best")):  # a --fsdp run's step folders
+                if found is None and os.path.isfile(os.path.join(sharded, ".metadata")):
+                    problem = runs.checkpoint_file_problem(sharded)
+                    raise checkpoint.CheckpointError(f"--eval-only takes one file: {problem}")
             if found is None:
                 raise checkpoint.CheckpointError(f"no checkpoint in {folder} to evaluate")
             path, state = found
-        checkpoint.Checkpointer(None, {"model": model}, {"args": vars(args)}).restore(state, path)
+        options = {**vars(args), **data.model_options}
+        checkpoint.Checkpointer(None, {"model": model}, {"args": options}).restore(state, path)
     else:
         path = args.init_from
-    data = build_data(args, ctx)
     samples = len(data.val_loader.dataset)
     print(f"evaluating {path} on {samples} validation samples of {describe_data(args)}")
-    preprocess = Preprocess(channels_last=args.channels_last)
+    preprocess = task.preprocessor(vars(args))
     autocast = distributed.autocast_for(args.amp, ctx.device)
     metrics = evaluate(model, data.val_loader, preprocess, autocast)
     print(json.dumps(metrics))
@@ -425,10 +431,13 @@ def describe_data(args) -> str:
 
 def show_summary(args) -> dict:
     """--summary: every layer's output shape and parameters, then the totals."""
-    model = make_model(args, distributed.Context(torch.device("cpu")))
-    example = task.example_input(vars(args), batch_size=1)
+    learned = {}
+    if not set(MODEL_OPTIONS) <= vars(args).keys():  # the data decides some (a vocabulary)
+        learned = options_from_data(build_datasets(args)[0])
+    model = make_model(args, distributed.Context(torch.device("cpu")), learned)
+    example = task.example_input({**vars(args), **learned}, batch_size=1)
     try:
-        summary = summarize(model, tuple(example.shape))
+        summary = summarize(model, example)
     except ValueError as error:  # summarize's own one-line account of a failed forward pass
         raise ConfigError(str(error)) from None
     print(format_summary(summary, args.model))
@@ -439,8 +448,9 @@ def show_summary(args) -> dict:
 # ---- building blocks ---------------------------------------------------------------------------
 
 
-def make_model(args, ctx: distributed.Context) -> nn.Module:
-    """The model of --model on the device: pretrained or --init-from weights, frozen parts."""
+def make_model(args, ctx: distributed.Context, learned: dict) -> nn.Module:
+    """The model of --model on the device: pretrained or --init-from weights, frozen parts.
+    `learned`: the model options the data decided (Data.model_options)."""
     if args.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
@@ -457,9 +467,7 @@ def make_model(args, ctx: distributed.Context) -> nn.Module:
     if args.backbone_lr_mult == 0:
         args.freeze = "backbone"
     try:
-        model = build_model(
-            args.model, args.num_classes, args.in_channels, args.image_size, args.weights
-        )
+        model = model_from_options({**vars(args), **learned})
         frozen = freeze(model, args.freeze, HEADS.get(args.model, ""))
     except ModelError as error:
         raise ConfigError(str(error)) from None
@@ -494,7 +502,10 @@ class Data:
     train_sampler: ShardedSampler
     steps_per_epoch: int
     total_steps: int  # the run's last optimizer step: --epochs, or --max-steps if sooner
-    classes: list[str] | None
+    metadata: dict  # what checkpoints keep of the data (class names, a tokenizer)
+    # Model options that the data decides (a vocabulary's size): not options of the command
+    # line, so not in config.json; checkpoints keep them with the options.
+    model_options: dict
 
 
 def build_data(args, ctx: distributed.Context) -> Data:
@@ -508,6 +519,7 @@ def build_data(args, ctx: distributed.Context) -> Data:
         workers=args.workers,
         pin_memory=ctx.device.type == "cuda",
         seed=args.seed,
+        collate=task.COLLATE,
     )
     train_loader = loader(train_set, train_sampler)
     steps_per_epoch = len(train_loader) // args.grad_accum_steps
@@ -525,7 +537,8 @@ def build_data(args, ctx: distributed.Context) -> Data:
         train_sampler,
         steps_per_epoch,
         total_steps,
-        class_names(train_set),
+        checkpoint_metadata(train_set),
+        options_from_data(train_set),
     )
 
 
@@ -536,9 +549,9 @@ def resume_from(args, output_dir: str, checkpointer: checkpoint.Checkpointer) ->
     if not args.resume:
         return None
     if os.path.isfile(args.resume):
-        path, state = args.resume, checkpoint.load_checkpoint(args.resume)
+        path, state = args.resume, checkpointer.load(args.resume)
     else:
-        found = checkpoint.find_resume_checkpoint(output_dir)
+        found = checkpointer.find_resume(output_dir)
         if found is None and args.resume != "auto":
             raise checkpoint.CheckpointError(
                 f"no checkpoint in {output_dir} to resume: start a run there with --overwrite"

@@ -2,6 +2,7 @@
 place the tests learn this project's task from: the models and data of their runs, and the metric
 that chooses best.pt."""
 
+import hashlib
 import json
 import os
 import signal
@@ -14,7 +15,7 @@ from torch import nn
 
 import task
 import train
-from model import build_model
+from model import model_from_options
 
 MODEL = "lenet"
 PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,17 +26,71 @@ OTHER_MODEL = "mlp"  # not SMALL_MODEL: checkpoints of another model are refused
 DATASET, SIZE_OPTION = "fake", "--fake-size"  # no files; a quarter as many to validate
 # A model whose --image-size must be a multiple of a number, and a size that is none.
 SIZE_MULTIPLE_MODEL, NOT_A_MULTIPLE = "vit_b_16", 40
-BEST_METRIC = task.BEST_METRIC  # the validation metric that chooses best.pt
+FILES_DATASET = "folder"  # a dataset read from --data-dir
+BEST_METRIC, BEST_MODE = task.BEST_METRIC, task.BEST_MODE  # the metric that chooses best.pt
+
+
+def needs_per_sample_loss(test):
+    """Marks a test that needs a step's loss to be the mean of its samples' own losses (every
+    model of this task's has one)."""
+    return test
+
+
+def needs_inputs_alone(test):
+    """Marks a test that calls the model on a batch of inputs alone (as every model here takes)."""
+    return test
+
+
+def needs_one_head(test):
+    """Marks a test of a head of one output per class (as every model here has)."""
+    return test
+
+
+def needs_eval_mode_validation(test):
+    """Marks a test that every layer validates in eval mode (as every model here does)."""
+    return test
+
+
+MODEL_SHAPE = {"num_classes": 10, "in_channels": 3, "image_size": 32}  # of small_model()
+HOOKED_MODELS = [SMALL_MODEL, TORCHVISION_MODEL]  # the models whose activations the hooks check
+# Options that make every training step draw random numbers: the crops and flips of --augment.
+# A resume that lost a process's random state would train on other images after it.
+RANDOM_EVERY_STEP = ["--augment"]
+GPU_LAYOUT = ["--channels-last"]  # the memory layout the GPU runs ask for
+METRIC_TOLERANCE = 0  # BEST_METRIC is counted: two processes validate exactly like one
+PREDICT_INPUT = "IMAGES..."  # what predict.py takes after the checkpoint, as a run's end shows it
+SHAPE_ARGS = ["--num-classes=10", "--in-channels=3", "--image-size=32"]  # MODEL_SHAPE, as options
+# An option that changes the shape of the weights of a tiny_args run: how options.continue_run
+# names the change, and how a checkpoint of the tiny run refuses a run with it.
+RESHAPE = "--num-classes=3"
+RESHAPE_WAS, RESHAPE_NOW = "--num-classes 10", "--num-classes 3"
+MISFIT = "was saved with --num-classes 10, this run uses 3"
+
+
+def data_options(size: int) -> dict:
+    """train.py's options (as names of config.json) for `size` training samples drawn in code,
+    and size // 4 to validate."""
+    return {"dataset": DATASET, SIZE_OPTION.removeprefix("--").replace("-", "_"): size}
 
 
 def data_args(size: int) -> list[str]:
     """Options for `size` training samples drawn in code (and size // 4 to validate)."""
-    return [f"--dataset={DATASET}", f"{SIZE_OPTION}={size}"]
+    return [f"--{name.replace('_', '-')}={value}" for name, value in data_options(size).items()]
+
+
+def small_model(name: str = SMALL_MODEL) -> nn.Module:
+    """Model `name` as train.py builds it for MODEL_SHAPE, without pretrained weights."""
+    return model_from_options({"model": name, **MODEL_SHAPE}, pretrained=False)
+
+
+def model_input(batch_size: int) -> torch.Tensor:
+    """A batch as small_model() takes it (task.example_input): images, or token ids."""
+    return task.example_input({"model": SMALL_MODEL, **MODEL_SHAPE}, batch_size, seed=1)
 
 
 def batch_norm_layers(model_name: str) -> tuple[str, ...]:
     """The names of the BatchNorm layers of `model_name`."""
-    model = build_model(model_name, 10, 3, 32)
+    model = small_model(model_name)
     norms = nn.modules.batchnorm._BatchNorm
     return tuple(name for name, module in model.named_modules() if isinstance(module, norms))
 
@@ -50,7 +105,7 @@ if NORM_LAYERS:
 
 
 def tiny_args(output_dir, *extra: str) -> list[str]:
-    """Arguments for a run of a few steps of 8 images; later options override earlier ones."""
+    """Arguments for a run of a few steps of 8 samples; later options override earlier ones."""
     return [
         *data_args(32),
         "--batch-size=8",
@@ -91,6 +146,29 @@ def start_train(args: list[str], script=None, **popen) -> subprocess.Popen:
     )
 
 
+def torchrun(processes: int, *args: str, script=None, env=None, timeout: float = 120):
+    """train.py (or a `script` standing in for it) started by torchrun in `processes` processes in
+    the project folder, one thread each; stdout and stderr together. Never leaves one running."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += [f"--nproc-per-node={processes}", str(script or os.path.join(PROJECT, "train.py"))]
+    process = subprocess.Popen(
+        [*command, *args],
+        cwd=PROJECT,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+        pytest.fail(f"torchrun did not finish in {timeout}s:\n{output[-3000:]}")
+    return subprocess.CompletedProcess(command, process.returncode, output)
+
+
 def signal_at_step(monkeypatch, step: int, number: int = signal.SIGINT) -> None:
     """Send this process `number` once optimizer step `step` is done: Ctrl-C (SIGINT), or what
     SLURM sends before a requeue (SIGTERM)."""
@@ -113,6 +191,46 @@ def logged_steps(output_dir) -> list[int]:
     return [line["step"] for line in read_metrics(output_dir) if line["kind"] == "step"]
 
 
+def files_of(folder) -> dict[str, str]:
+    """{name: sha256} of every file under `folder`."""
+    return {
+        os.path.relpath(os.path.join(root, name), folder): hashlib.sha256(
+            open(os.path.join(root, name), "rb").read()
+        ).hexdigest()
+        for root, _, names in os.walk(folder)
+        for name in names
+    }
+
+
+EARLIER = "EARLIER"  # stands for earlier_run's folder in the options of assert_refused_cleanly
+
+
+@pytest.fixture(scope="module")
+def earlier_run(tmp_path_factory):
+    """The folder of a finished tiny run, for options that name an earlier run."""
+    folder = tmp_path_factory.mktemp("earlier")
+    run_train(folder, f"--model={SMALL_MODEL}", "--max-steps=2")
+    return folder
+
+
+def assert_refused_cleanly(tmp_path, capsys, earlier_run, options, code: int, message: str):
+    """train.py with tiny_args and `options` (EARLIER: earlier_run's folder) stops with exit
+    `code` and one line on stderr that starts "error: " + `message`, and writes nothing: neither
+    its output folder, nor in the current folder, nor in the earlier run."""
+    (tmp_path / "notes.txt").write_text("not a folder")
+    os.chdir(tmp_path)
+    before = files_of(earlier_run)
+    output_dir = tmp_path / "new-run"
+    options = [option.replace(EARLIER, str(earlier_run)) for option in options]
+    got_code, err = train_fails(capsys, *tiny_args(output_dir, f"--model={SMALL_MODEL}", *options))
+    assert got_code == code
+    assert err.startswith("error: " + message.replace(EARLIER, str(earlier_run))), err
+    assert err.count("\n") == 1 and "Traceback" not in err and "usage:" not in err
+    assert files_of(earlier_run) == before
+    assert not output_dir.exists()
+    assert sorted(os.listdir(tmp_path)) == ["notes.txt"]
+
+
 def load_model_state(path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)["model"]
 
@@ -128,7 +246,7 @@ def watch_forward(monkeypatch) -> list:
     """Record (input, output) of every forward pass of the model a run builds; the output as one
     tensor (torchvision's segmentation models return {"out": tensor, ...})."""
     seen = []
-    build = train.build_model
+    build = train.model_from_options
 
     def record(module, inputs, output):
         seen.append((inputs[0], output["out"] if isinstance(output, dict) else output))
@@ -138,7 +256,7 @@ def watch_forward(monkeypatch) -> list:
         model.register_forward_hook(record)
         return model
 
-    monkeypatch.setattr(train, "build_model", build_and_watch)
+    monkeypatch.setattr(train, "model_from_options", build_and_watch)
     return seen
 
 
@@ -158,9 +276,10 @@ def in_a_temporary_folder(tmp_path_factory, monkeypatch):
 
 
 # ---- a short run that learns -------------------------------------------------------------------
-# LEARN trains on --dataset synthetic (shapes drawn in code) with LEARN_BATCH samples per optimizer
-# step (give --batch-size): BEST_METRIC must end at LEARNED or above, far above what guessing gets.
-# A loop that skips optimizer.step() or pairs the wrong labels with the images stays below it.
+# LEARN trains on --dataset synthetic (drawn in code) with LEARN_BATCH samples per optimizer step
+# (give --batch-size): BEST_METRIC must end at LEARNED or better (has_learned), far from what
+# guessing gets. A loop that skips optimizer.step() or pairs the wrong targets with the inputs
+# does not get there.
 # LeNet on 1,024 32x32 images of 10 kinds of shape, 4 epochs of 32 steps: about 0.43 validation
 # accuracy (0.38 with --augment), where guessing gets 0.1.
 LEARN = [
@@ -177,3 +296,8 @@ LEARN = [
 ]
 LEARN_BATCH = 32
 LEARNED = 0.25
+
+
+def has_learned(value: float) -> bool:
+    """Whether BEST_METRIC `value` is LEARNED or better: above it, or below a loss."""
+    return value >= LEARNED if BEST_MODE == "max" else value <= LEARNED

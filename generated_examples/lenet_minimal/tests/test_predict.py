@@ -15,8 +15,8 @@ from test_data import write_image_folder
 
 import checkpoint
 import predict
+from image_pipeline import Preprocess, image_transform
 from model import build_model
-from pipeline import Preprocess, image_transform
 
 
 @pytest.fixture(scope="module")
@@ -241,14 +241,14 @@ def test_an_output_folder_gets_predictions_csv_inside_it(runs, tmp_path, capsys)
 def test_amp_runs_the_model_in_bfloat16(runs, monkeypatch, capsys):
     data, trained = runs
     dtypes = []
-    build = predict.build_model
+    build = predict.model_from_options
 
-    def build_and_watch(*args):
-        model = build(*args)
+    def build_and_watch(*args, **kwargs):
+        model = build(*args, **kwargs)
         model.register_forward_hook(lambda module, inputs, output: dtypes.append(output.dtype))
         return model
 
-    monkeypatch.setattr(predict, "build_model", build_and_watch)
+    monkeypatch.setattr(predict, "model_from_options", build_and_watch)
     image = str(data / "cat" / "0.png")
     plain = predict.main([str(trained["lenet"]), image])
     mixed = predict.main([str(trained["lenet"]), image, "--amp"])

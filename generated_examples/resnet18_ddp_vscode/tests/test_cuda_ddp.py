@@ -1,17 +1,14 @@
-"""Two processes on two GPUs over NCCL, started by torchrun, with float16 autocast and
-channels-last.
+"""Two processes on two GPUs over NCCL, started by torchrun, with float16 autocast and the memory
+layout of GPU_LAYOUT (channels-last for images).
 
 Marked `cuda` like tests/test_cuda.py; needs 2 CUDA devices and is skipped with fewer.
 """
 
 import os
-import signal
-import subprocess
-import sys
 
 import pytest
 import torch
-from conftest import logged_steps, tiny_args
+from conftest import GPU_LAYOUT, logged_steps, tiny_args, torchrun
 
 import checkpoint
 
@@ -51,27 +48,12 @@ def test_two_gpus_train_over_nccl(tmp_path):
     wrapper = tmp_path / "record_backend.py"
     wrapper.write_text(RECORD_BACKEND.format(project=PROJECT, marks=str(marks)))
     output_dir = tmp_path / "run"
-    options = ["--device=cuda", "--amp", "--channels-last", "--batch-size=4", "--max-steps=2"]
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    command += ["--nproc-per-node=2", str(wrapper), *tiny_args(output_dir, *options)]
-    command.append("--dist-timeout=60")
-    process = subprocess.Popen(
-        command,
-        cwd=PROJECT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        output, _ = process.communicate(timeout=LAUNCH_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        output, _ = process.communicate()
-        pytest.fail(f"torchrun did not finish in {LAUNCH_TIMEOUT}s:\n{output[-3000:]}")
-    assert process.returncode == 0, output[-3000:]
+    options = ["--device=cuda", "--amp", *GPU_LAYOUT, "--batch-size=4", "--max-steps=2"]
+    args = [*tiny_args(output_dir, *options), "--dist-timeout=60"]
+    result = torchrun(2, *args, script=wrapper, timeout=LAUNCH_TIMEOUT)
+    assert result.returncode == 0, result.stdout[-3000:]
     backends = {path.name: path.read_text() for path in marks.iterdir()}
-    assert backends == {"backend-0": "nccl", "backend-1": "nccl"}, output[-3000:]
+    assert backends == {"backend-0": "nccl", "backend-1": "nccl"}, result.stdout[-3000:]
     assert logged_steps(output_dir) == [1, 2]
     state = checkpoint.load_checkpoint(output_dir / "last.pt")
     assert state["progress"]["step"] == 2 and state["scaler"], "float16 without a GradScaler"

@@ -14,11 +14,13 @@ import torch
 from conftest import (
     DATASET,
     PER_SAMPLE,
+    PREDICT_INPUT,
     PROJECT,
-    SIZE_OPTION,
     SMALL_MODEL,
     assert_same_weights,
+    data_args,
     logged_steps,
+    needs_per_sample_loss,
     read_metrics,
     run_train,
     signal_at_step,
@@ -101,7 +103,7 @@ def test_the_last_lines_say_where_the_run_went(tmp_path, capsys):
     assert out[-4:] == [
         f"saved {last} at step 2; {best} has the best {task.BEST_METRIC}",
         f"evaluate: python train.py --eval-only --resume {best}",
-        f"predict:  python predict.py {best} IMAGES...",
+        f"predict:  python predict.py {best} {PREDICT_INPUT}",
         f"continue: python {os.path.relpath(PROJECT)}/train.py --resume {tmp_path} --epochs N "
         "--allow-changes",
     ]
@@ -173,7 +175,7 @@ def test_a_checkpoint_of_template_0_1_evaluates_but_does_not_resume(tmp_path, ca
 
 
 def test_eval_only_takes_the_runs_data_and_says_which(tmp_path, capsys):
-    run_train(tmp_path, SMALL, "--max-steps=1", f"{SIZE_OPTION}=48")
+    run_train(tmp_path, SMALL, "--max-steps=1", *data_args(48))
     capsys.readouterr()
     train.main(["--eval-only", "--resume", str(tmp_path), "--workers=0"])
     out = capsys.readouterr().out
@@ -303,6 +305,7 @@ def test_fewer_processes_keep_the_global_batch_and_more_are_refused_when_they_ca
     )
 
 
+@needs_per_sample_loss
 def test_a_run_of_two_processes_continues_on_one_with_the_same_schedule(tmp_path):
     """What a requeue onto fewer GPUs does: the same steps, learning rates and epoch ends, and
     weights equal up to the order of floating-point sums."""

@@ -1,7 +1,6 @@
 """No run is lost: run folders, interrupts that save first, and options refused before anything
 is written (one line on stderr, exit 2; earlier runs untouched)."""
 
-import hashlib
 import os
 import re
 import signal
@@ -12,14 +11,19 @@ import time
 import pytest
 import torch
 from conftest import (
-    NOT_A_MULTIPLE,
+    FILES_DATASET,
     OTHER_MODEL,
     PROJECT,
-    SIZE_MULTIPLE_MODEL,
+    RANDOM_EVERY_STEP,
+    RESHAPE,
+    RESHAPE_NOW,
+    RESHAPE_WAS,
     SIZE_OPTION,
     SMALL_MODEL,
+    assert_refused_cleanly,
     assert_same_weights,
     data_args,
+    files_of,
     logged_steps,
     run_train,
     start_train,
@@ -30,7 +34,6 @@ from conftest import (
 import checkpoint
 import train
 from dataset import build_datasets
-from model import model_image_size_problem
 from pipeline import DatasetError
 
 # Stands in for train.py: each optimizer step takes STEP_SECONDS longer, so that a signal arrives
@@ -62,7 +65,7 @@ train.is_logged, torch.save = slow_is_logged, slow_save
 train.main(sys.argv[1:])
 """
 SMALL = f"--model={SMALL_MODEL}"
-LONG_RUN = [SMALL, "--epochs=3", "--deterministic", "--augment"]
+LONG_RUN = [SMALL, "--epochs=3", "--deterministic", *RANDOM_EVERY_STEP]
 
 
 def start_slow(tmp_path, args, **env):
@@ -79,17 +82,6 @@ def wait_for_step(process, output_dir, step: int, timeout: float = 120) -> None:
             return
         time.sleep(0.02)
     pytest.fail(f"step {step} was not logged in {timeout}s")
-
-
-def files_of(folder) -> dict[str, str]:
-    """{name: sha256} of every file under `folder`."""
-    return {
-        os.path.relpath(os.path.join(root, name), folder): hashlib.sha256(
-            open(os.path.join(root, name), "rb").read()
-        ).hexdigest()
-        for root, _, names in os.walk(folder)
-        for name in names
-    }
 
 
 # ---- run folders -------------------------------------------------------------------------------
@@ -213,9 +205,8 @@ def test_a_second_sigint_stops_at_once_and_keeps_the_last_checkpoint(tmp_path):
 
 # ---- options checked before anything runs ------------------------------------------------------
 
-EARLIER = "EARLIER"  # stands for the folder of an earlier run, in the table below
-
-# (options, exit code, the start of the one line on stderr after "error: ")
+# (options, exit code, the start of the one line on stderr after "error: "); EARLIER stands for
+# the folder of an earlier run. Those of image options: test_images.py.
 BAD_OPTIONS = [
     (["--lr=-1"], 2, "argument --lr: must be above 0, got -1"),
     (["--lr=0"], 2, "argument --lr: must be above 0, got 0"),
@@ -227,17 +218,6 @@ BAD_OPTIONS = [
     (["--weight-decay=-0.1"], 2, "argument --weight-decay: must be at least 0, got -0.1"),
     (["--log-every=0"], 2, "argument --log-every: must be at least 1, got 0"),
     (["--workers=-1"], 2, "argument --workers: must be at least 0, got -1"),
-    (["--num-classes=0"], 2, "argument --num-classes: must be at least 2, got 0"),
-    (["--num-classes=-3"], 2, "argument --num-classes: must be at least 2, got -3"),
-    (["--num-classes=1"], 2, "argument --num-classes: must be at least 2, got 1"),
-    (["--in-channels=0"], 2, "argument --in-channels: must be at least 1, got 0"),
-    (["--image-size=0"], 2, "argument --image-size: must be at least 1, got 0"),
-    (["--image-size=1"], 2, model_image_size_problem(SMALL_MODEL, 1)),
-    (
-        [f"--model={SIZE_MULTIPLE_MODEL}", f"--image-size={NOT_A_MULTIPLE}"],
-        2,
-        model_image_size_problem(SIZE_MULTIPLE_MODEL, NOT_A_MULTIPLE),
-    ),
     (["--epochs=0"], 2, "argument --epochs: must be at least 1, got 0"),
     (["--epochs=two"], 2, "argument --epochs: expected a whole number, got 'two'"),
     (["--max-steps=0"], 2, "argument --max-steps: must be at least 1, got 0"),
@@ -247,7 +227,6 @@ BAD_OPTIONS = [
     (["--clip-grad-norm=-1"], 2, "argument --clip-grad-norm: must be above 0, got -1"),
     (["--clip-grad-norm=0"], 2, "argument --clip-grad-norm: must be above 0, got 0"),
     (["--warmup-epochs=-1"], 2, "argument --warmup-epochs: must be at least 0, got -1"),
-    (["--backbone-lr-mult=-1"], 2, "argument --backbone-lr-mult: must be at least 0, got -1"),
     (["--save-every-steps=0"], 2, "argument --save-every-steps: must be at least 1, got 0"),
     (["--keep-last=0"], 2, "argument --keep-last: must be at least 1, got 0"),
     (["--lr-gamma=0"], 2, "argument --lr-gamma: must be above 0, got 0"),
@@ -260,12 +239,10 @@ BAD_OPTIONS = [
     (["--bogus"], 2, "unrecognized arguments: --bogus"),
     (["--freeze=*"], 2, "--freeze * freezes every parameter: nothing would train"),
     (["--freeze=nothing*"], 2, "--freeze nothing* matches no parameter name"),
-    (["--dataset=folder", "--in-channels=4"], 2, "--dataset folder gives 1- or 3-channel"),
     (["--logger=csv"], 2, "unknown --logger csv; choose from: jsonl"),
     (["--eval-only"], 2, "--eval-only needs weights: pass --resume PATH (or auto)"),
     (["--overwrite", "--resume=auto"], 2, "--overwrite starts the run over, --resume continues"),
     (["--resume=missing.pt"], 2, "--resume missing.pt: no such run folder or checkpoint"),
-    (["--image-size=100000"], 2, "argument --image-size: must be at most 4096, got 100000"),
     (["--seed=-1"], 2, "argument --seed: must be at least 0, got -1"),
     ([f"--seed={2**70}"], 2, f"argument --seed: must be at most 2147483647, got {2**70}"),
     (["--init-from=missing.pt"], 2, "--init-from missing.pt: no such file"),
@@ -274,9 +251,9 @@ BAD_OPTIONS = [
     (["--output-dir=EARLIER"], 2, "EARLIER already holds a run (best.pt)"),
     (["--batch-size=8", "--grad-accum-steps=9"], 2, "32 training samples give no optimizer step"),
     (
-        ["--resume=EARLIER/last.pt", "--num-classes=3"],
+        ["--resume=EARLIER/last.pt", RESHAPE],
         2,
-        "EARLIER was trained with --num-classes 10; this command changes that to --num-classes 3",
+        f"EARLIER was trained with {RESHAPE_WAS}; this command changes that to {RESHAPE_NOW}",
     ),
     (
         ["--eval-only", "--resume=EARLIER/last.pt", f"--model={OTHER_MODEL}"],
@@ -296,31 +273,13 @@ BAD_OPTIONS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def earlier_run(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("earlier")
-    run_train(folder, SMALL, "--max-steps=2")
-    return folder
-
-
 @pytest.mark.parametrize(
     "options, code, message", BAD_OPTIONS, ids=[" ".join(case[0]) for case in BAD_OPTIONS]
 )
 def test_bad_options_are_one_line_and_change_nothing(
     tmp_path, capsys, earlier_run, options, code, message
 ):
-    (tmp_path / "notes.txt").write_text("not a folder")
-    os.chdir(tmp_path)
-    before = files_of(earlier_run)
-    output_dir = tmp_path / "new-run"
-    options = [option.replace(EARLIER, str(earlier_run)) for option in options]
-    got_code, err = train_fails(capsys, *tiny_args(output_dir, SMALL, *options))
-    assert got_code == code
-    assert err.startswith("error: " + message.replace(EARLIER, str(earlier_run))), err
-    assert err.count("\n") == 1 and "Traceback" not in err and "usage:" not in err
-    assert files_of(earlier_run) == before
-    assert not output_dir.exists()
-    assert sorted(os.listdir(tmp_path)) == ["notes.txt"]
+    assert_refused_cleanly(tmp_path, capsys, earlier_run, options, code, message)
 
 
 def test_a_mistyped_number_is_answered_before_torch_is_imported(tmp_path):
@@ -357,7 +316,8 @@ def test_help_shows_each_default_once(capsys):
 
 
 def test_nothing_is_written_when_a_run_stops_on_bad_data(tmp_path, capsys):
-    args = tiny_args(tmp_path / "run", "--dataset=folder", f"--data-dir={tmp_path / 'no'}")
+    missing = f"--data-dir={tmp_path / 'no'}"
+    args = tiny_args(tmp_path / "run", f"--dataset={FILES_DATASET}", missing)
     code, err = train_fails(capsys, *args)
     with pytest.raises(DatasetError) as problem:  # what the folder is missing: dataset.py says
         build_datasets(train.parse_args(args))

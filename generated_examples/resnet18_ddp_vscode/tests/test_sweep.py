@@ -3,6 +3,7 @@ used once, an interrupted trial ends with the weights of an uninterrupted one, a
 is repaired, and a search space that cannot work is one line. Tiny trials of SMALL_MODEL on data
 drawn in code."""
 
+import importlib.util
 import json
 import os
 import shlex
@@ -17,11 +18,11 @@ optuna = pytest.importorskip("optuna", reason="sweeps need optuna: pip install -
 
 from conftest import (  # noqa: E402  (after the skip: no optuna, no sweep tests)
     BEST_METRIC,
-    DATASET,
+    BEST_MODE,
     PROJECT,
-    SIZE_OPTION,
     SMALL_MODEL,
     assert_same_weights,
+    data_options,
     logged_steps,
     read_metrics,
     signal_at_step,
@@ -29,6 +30,8 @@ from conftest import (  # noqa: E402  (after the skip: no optuna, no sweep tests
 
 import checkpoint  # noqa: E402
 import compare  # noqa: E402
+import plot  # noqa: E402
+import records  # noqa: E402
 import sweep  # noqa: E402
 import train  # noqa: E402
 from files import read_json  # noqa: E402
@@ -36,8 +39,7 @@ from files import read_json  # noqa: E402
 # 32 samples in batches of 8 for 2 epochs: 8 steps, a checkpoint after each epoch.
 FIXED = {
     "model": SMALL_MODEL,
-    "dataset": DATASET,
-    SIZE_OPTION.removeprefix("--").replace("-", "_"): 32,
+    **data_options(32),
     "batch_size": 8,
     "workers": 0,
     "epochs": 2,
@@ -130,7 +132,7 @@ def test_kill_9_of_run_mid_trial_then_run_again_finishes_each_trial_once_exactly
     capsys.readouterr()
     assert sweep.main(["status", "demo"]) == 0
     out = capsys.readouterr().out
-    best = max(trials, key=lambda trial: trial.value)
+    best = (max if BEST_MODE == "max" else min)(trials, key=lambda trial: trial.value)
     assert f"best: trial {best.number}, {space['metric']} {best.value:.4f}" in out
     assert sweep.main(["best", "demo"]) == 0
     command = shlex.split(capsys.readouterr().out)
@@ -138,6 +140,11 @@ def test_kill_9_of_run_mid_trial_then_run_again_finishes_each_trial_once_exactly
     # compare.py takes the sweep's folder: a row per trial, named by its lr.
     rows = compare.main([folder, "--no-figure"])
     assert sorted(row["group"] for row in rows) == sorted(f"lr={t.params['lr']}" for t in trials)
+    # And plot.py: the interrupted trial's curve is whole, each epoch once.
+    if importlib.util.find_spec("matplotlib"):
+        assert plot.main([folder]) == os.path.join(folder, "sweep.png")
+        curves = plot.plot_sweep(folder, str(tmp_path / "sweep.png")).axes[0]
+        assert list(curves.get_lines()[0].get_ydata()) == list(epochs.values())
 
 
 def test_an_array_task_takes_its_own_trial_back_after_a_requeue(tmp_path, monkeypatch, capsys):
@@ -149,6 +156,7 @@ def test_an_array_task_takes_its_own_trial_back_after_a_requeue(tmp_path, monkey
     assert trials_of(folder)[0].state == optuna.trial.TrialState.RUNNING
 
     assert sweep.main(["trial", "array", "--index", "0"]) == 0  # another task: another trial
+    assert os.path.isfile(os.path.join(folder, "trial_0001", sweep.HEARTBEAT))
     capsys.readouterr()
     assert sweep.main(["trial", "array", "--index", "1"]) == 0  # requeued: its trial again
     assert "trial 0: continues in" in capsys.readouterr().out
@@ -195,6 +203,163 @@ def test_reap_fails_the_trials_whose_process_is_gone_and_can_enqueue_them(tmp_pa
     assert sweep.suggest(taken[0], space["params"]) == gone.params
 
 
+def test_plot_draws_each_trial_s_curve_and_each_parameter_against_the_metric(tmp_path):
+    """Four trials made by hand (no training): two complete, one pruned, one still running."""
+    pytest.importorskip("matplotlib")
+    params = {
+        "lr": {"low": 0.001, "high": 0.01, "log": True},
+        "optimizer": {"choices": ["sgd", "adamw"]},
+        "momentum": {"low": 0.8, "high": 0.99},
+    }
+    fixed = {key: value for key, value in FIXED.items() if key != "epochs"}
+    space = write_space(tmp_path / "space.yaml", params=params, fixed=fixed)
+    assert sweep.main(["init", "drawn", "--space", space, "--trials", "4"]) == 0
+    folder = os.path.join("runs", "sweeps", "drawn")
+    study = sweep.open_study(folder)
+    curves = {}
+    for number in range(4):
+        trial = study.ask()
+        sweep.suggest(trial, params)
+        curves[number] = {1: 0.1 * number + 0.01, 2: 0.1 * number + 0.02}
+        run_dir = sweep.trial_folder(folder, number)
+        os.makedirs(run_dir)
+        with open(os.path.join(run_dir, "metrics.jsonl"), "w") as file:
+            for epoch, value in curves[number].items():
+                file.write(json.dumps({"kind": "epoch", "epoch": epoch, BEST_METRIC: value}) + "\n")
+                trial.report(value, epoch)
+        if number < 2:
+            study.tell(trial, curves[number][2])
+        elif number == 2:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    trials = trials_of(folder)
+
+    figure = plot.plot_sweep(folder, str(tmp_path / "sweep.png"))
+    lines = figure.axes[0].get_lines()
+    assert [line.get_label() for line in lines] == [f"trial {number}" for number in range(4)]
+    assert [list(line.get_ydata()) for line in lines] == [list(c.values()) for c in curves.values()]
+    assert [axes.get_xlabel() for axes in figure.axes[1:]] == ["--lr", "--optimizer", "--momentum"]
+    assert [axes.get_xscale() for axes in figure.axes[1:]] == ["log", "linear", "linear"]
+    for axes, name in zip(figure.axes[1:], params, strict=True):
+        complete, pruned = axes.collections  # trial 3 has no value yet: not drawn
+        for points, drawn in ((complete, trials[:2]), (pruned, trials[2:3])):
+            xs = [axes.xaxis.convert_units(trial.params[name]) for trial in drawn]
+            expected = [[x, curves[trial.number][2]] for x, trial in zip(xs, drawn, strict=True)]
+            assert points.get_offsets().tolist() == expected, name
+    assert os.path.getsize(tmp_path / "sweep.png") > 0
+
+
+def elsewhere(slurm_job=None) -> dict:
+    """An owner on another host (pid 12345 on node-7), in SLURM job `slurm_job`."""
+    return {**sweep.this_owner(), "host": "node-7", "pid": 12345, "slurm_job": slurm_job}
+
+
+def running_trials(folder: str, owners: list[dict], beats: list[float]) -> list:
+    """A running trial per owner, with an lr, its heartbeat touched `beats[i]` seconds ago."""
+    study = sweep.open_study(folder)
+    trials = []
+    for owner, age in zip(owners, beats, strict=True):
+        trial = study.ask()
+        trial.suggest_float("lr", 0.001, 0.01, log=True)
+        trial.set_user_attr("owner", owner)
+        run_dir = sweep.trial_folder(folder, trial.number)
+        os.makedirs(run_dir)
+        sweep.touch(os.path.join(run_dir, sweep.HEARTBEAT))
+        then = time.time() - age
+        os.utime(os.path.join(run_dir, sweep.HEARTBEAT), (then, then))
+        trials.append(trial)
+    return trials
+
+
+def test_reap_takes_an_owner_elsewhere_for_gone_once_its_heartbeat_is_stale(
+    tmp_path, monkeypatch, capsys
+):
+    folder = new_sweep(tmp_path, "remote", 3)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no squeue: the heartbeats decide
+    stale, fresh = running_trials(folder, [elsewhere(), elsewhere()], [700, 5])
+    capsys.readouterr()
+    assert sweep.main(["reap", "remote", "--stale", "800"]) == 0  # 700 s is not stale yet
+    assert capsys.readouterr().out == ""
+    assert sweep.main(["reap", "remote", "--requeue"]) == 0  # the default: 600 s
+    out = capsys.readouterr().out
+    assert out.startswith("trial 0: FAIL (process 12345 on node-7: no heartbeat for 70")
+    assert out.count("\n") == 1 and out.endswith("): parameters enqueued again\n")
+    TrialState = optuna.trial.TrialState
+    trials = trials_of(folder)
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING]
+    assert trials[0].user_attrs["error"].endswith(" (reaped)")
+    assert sweep.owner_state(fresh.user_attrs["owner"]) == "elsewhere"  # `run` leaves it alone
+
+
+def test_reap_asks_squeue_whether_the_job_of_an_owner_elsewhere_still_runs(
+    tmp_path, monkeypatch, capsys
+):
+    """SLURM's word wins over the heartbeat: a running or requeued (pending) job keeps its trial
+    however old the heartbeat; an ended job, or one squeue no longer knows, loses it however
+    fresh. Where squeue cannot answer (the controller is down), the heartbeat decides."""
+    folder = new_sweep(tmp_path, "slurm", 6)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "squeue").write_text(
+        "#!/bin/sh\n"  # squeue --noheader --jobs JOB --format %T
+        'case "$3" in\n'
+        "  40_1) echo RUNNING ;;\n"
+        "  40_2) echo PENDING ;;\n"
+        "  40_3) echo COMPLETED ;;\n"
+        "  50) echo 'slurm_load_jobs error: Unable to contact slurm controller' >&2; exit 1 ;;\n"
+        "  *) echo 'slurm_load_jobs error: Invalid job id specified' >&2; exit 1 ;;\n"
+        "esac\n"
+    )
+    (bin_dir / "squeue").chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    jobs = ["40_1", "40_2", "40_3", "41", "50", "50"]
+    running_trials(folder, [elsewhere(job) for job in jobs], [9000, 9000, 5, 5, 5, 9000])
+    capsys.readouterr()
+    assert sweep.main(["reap", "slurm"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[:2] == [
+        "trial 2: FAIL (process 12345 on node-7: job 40_3 has ended)",
+        "trial 3: FAIL (process 12345 on node-7: job 41 has ended)",
+    ]
+    assert lines[2:] == [lines[2]] and "trial 5: FAIL (process 12345 on node-7: no heart" in out
+    states = [trial.state.name for trial in trials_of(folder)]
+    assert states == ["RUNNING", "RUNNING", "FAIL", "FAIL", "RUNNING", "FAIL"]
+
+
+def test_the_owner_records_the_id_squeue_knows_its_task_by(monkeypatch):
+    for name in ("SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    assert sweep.this_owner()["slurm_job"] == "4242"
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "4240")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
+    assert sweep.this_owner(3)["slurm_job"] == "4240_3"
+
+
+def test_a_trial_s_heartbeat_is_touched_while_it_trains_and_stops_after(tmp_path, monkeypatch):
+    monkeypatch.setattr(sweep, "HEARTBEAT_SECONDS", 0.01)
+    path = tmp_path / sweep.HEARTBEAT
+
+    def age() -> float:
+        return time.time() - os.stat(path).st_mtime
+
+    with sweep.heartbeat(str(tmp_path)):
+        assert age() < 5  # at once
+        os.utime(path, (1, 1))
+        wait_until(lambda: age() < 5, seconds=10)  # and again
+    os.utime(path, (1, 1))
+    time.sleep(0.1)
+    assert age() > 1000, "no beat after the trial"
+
+
+def test_reap_refuses_a_stale_time_a_live_owner_could_miss(capsys):
+    with pytest.raises(SystemExit) as ended:
+        sweep.main(["reap", "any", "--stale", "30"])
+    assert ended.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --stale must be at least 60 s") and err.count("\n") == 1
+
+
 def test_a_torn_last_journal_line_is_cut_off_before_the_study_opens(tmp_path, capsys):
     folder = new_sweep(tmp_path, "torn", 3)
     journal = os.path.join(folder, "journal.log")
@@ -213,6 +378,9 @@ def test_the_sweep_records_how_it_started(tmp_path):
     folder = new_sweep(tmp_path, "record", 3)
     record = read_json(os.path.join(folder, "sweep.json"))
     assert record["template_version"] == train.TEMPLATE_VERSION and record["trials"] == 3
+    assert record["scaffold_new"] == records.scaffold_command(PROJECT)
+    assert record["scaffold_new"].startswith(f"scaffold new {train.PROJECT_NAME} --")
+    assert record["git_commit"] == records.git(PROJECT, "rev-parse", "HEAD")
     assert record["space"]["metric"] == BEST_METRIC and record["space"]["fixed"] == FIXED
     with open(tmp_path / "space.yaml") as space, open(os.path.join(folder, "sweep.yaml")) as copy:
         assert copy.read() == space.read()
@@ -270,8 +438,7 @@ def test_sweep_sbatch_saves_on_the_time_limit_signal_and_the_requeued_task_conti
     """scripts/sweep.sbatch as array task 3, with stand-ins for srun and scontrol: SLURM's USR1
     becomes a SIGTERM for the trial, which saves; the task requeues itself, and the requeued task
     takes back its trial and finishes it."""
-    size = SIZE_OPTION.removeprefix("--").replace("-", "_")
-    folder = new_sweep(tmp_path, "slurm", 1, epochs=1, **{size: 256})  # 32 steps to stop in
+    folder = new_sweep(tmp_path, "slurm", 1, epochs=1, **data_options(256))  # 32 steps to stop in
     os.symlink(os.path.join(PROJECT, "sweep.py"), "sweep.py")  # submitted from here
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()

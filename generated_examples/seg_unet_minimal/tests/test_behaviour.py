@@ -1,9 +1,9 @@
 """What a run does besides lowering its loss, each a behaviour a broken loop loses while it still
 ends with a finite loss and a saved checkpoint: which epoch best.pt holds (also after a resume),
-the learning rate at the end of the warm-up, the backbone's own learning rate, validation in eval
-mode, which step checkpoints --keep-last keeps, and the epoch's train_loss under gradient
-accumulation. Each test here fails when its behaviour is broken on purpose (scaffold's `make
-test-mutations` does it, one break at a time)."""
+the learning rate at the end of the warm-up, validation in eval mode, which step checkpoints
+--keep-last keeps, and the epoch's train_loss under gradient accumulation (the backbone's own
+learning rate of image models: test_images.py). Each test here fails when its behaviour is broken
+on purpose (scaffold's `make test-mutations` does it, one break at a time)."""
 
 import pytest
 import torch
@@ -11,14 +11,14 @@ from conftest import (
     BEST_METRIC,
     PER_SAMPLE,
     SMALL_MODEL,
-    load_model_state,
+    needs_eval_mode_validation,
+    needs_per_sample_loss,
     read_metrics,
     run_train,
 )
 
 import checkpoint
 import train
-from model import HEADS
 
 STEPS_PER_EPOCH = 4  # conftest.tiny_args: 32 training samples in batches of 8
 # A learning rate so small that every update rounds away (float32 weights): the run trains, saves
@@ -110,45 +110,15 @@ def test_the_warm_up_rises_to_the_learning_rate_and_never_above_it(stepped):
     assert max(lrs) <= LR
 
 
-def test_backbone_lr_mult_scales_the_backbones_step_and_not_the_heads(tmp_path):
-    """One plain SGD step from the same weights, with and without --backbone-lr-mult 0.1: the
-    head moves as far in both, every backbone weight a tenth as far with it."""
-    defaults = train.parse_args([])
-    torch.manual_seed(1)
-    shape = (defaults.num_classes, defaults.in_channels, defaults.image_size)
-    initial = train.build_model(SMALL_MODEL, *shape).state_dict()
-    torch.save(initial, tmp_path / "init.pt")
-    one_step = [*PER_SAMPLE, "--optimizer=sgd", "--momentum=0", "--weight-decay=0", "--lr=0.5"]
-    one_step += ["--lr-scheduler=none", "--max-steps=1", f"--init-from={tmp_path / 'init.pt'}"]
-    run_train(tmp_path / "plain", *one_step)
-    run_train(tmp_path / "mult", *one_step, "--backbone-lr-mult=0.1")
-    plain = load_model_state(tmp_path / "plain" / "last.pt")
-    mult = load_model_state(tmp_path / "mult" / "last.pt")
-    head = HEADS[SMALL_MODEL] + "."
-    largest = {"head": 0.0, "backbone": 0.0}  # the largest step of a weight of each
-    wrong = []
-    for key, before in initial.items():
-        if not before.is_floating_point():
-            continue
-        plain_step, mult_step = plain[key] - before, mult[key] - before
-        part = "head" if key.startswith(head) else "backbone"
-        expected = plain_step if part == "head" else 0.1 * plain_step
-        if not torch.allclose(mult_step, expected, rtol=1e-3, atol=1e-6):
-            moved, due = mult_step.abs().max(), expected.abs().max()
-            wrong.append(f"{part} {key}: moved {moved:.3g}, not {due:.3g}")
-        largest[part] = max(largest[part], plain_step.abs().max().item())
-    assert not wrong, wrong
-    assert min(largest.values()) > 1e-3, largest  # both parts moved: the check above means much
-
-
 # ---- validation, checkpoints, train_loss -------------------------------------------------------
 
 
+@needs_eval_mode_validation
 def test_validation_runs_in_eval_mode_and_training_in_train_mode(tmp_path, monkeypatch):
     """Dropout and BatchNorm compute otherwise in train mode: every layer must be in eval mode
     while the model validates, and the model back in train mode when the next epoch trains."""
     passes = []  # per forward pass: gradients on (training), the model in train mode, any layer
-    build = train.build_model
+    build = train.model_from_options
 
     def record(module, inputs, output):
         layers = any(layer.training for layer in module.modules())
@@ -159,7 +129,7 @@ def test_validation_runs_in_eval_mode_and_training_in_train_mode(tmp_path, monke
         model.register_forward_hook(record)
         return model
 
-    monkeypatch.setattr(train, "build_model", build_and_watch)
+    monkeypatch.setattr(train, "model_from_options", build_and_watch)
     run_train(tmp_path, f"--model={SMALL_MODEL}", "--epochs=2")
     training = [one for one in passes if one[0]]
     validating = [one for one in passes if not one[0]]
@@ -174,6 +144,7 @@ def test_keep_last_removes_the_oldest_step_checkpoints_and_keeps_the_newest(step
     assert saved_progress(stepped / "step_00000003.pt")["step"] == 3
 
 
+@needs_per_sample_loss
 def test_train_loss_is_the_mean_per_sample_under_gradient_accumulation(tmp_path):
     """An epoch of 2 steps of 2 micro-batches of 8 samples, and one of 2 steps of 16 samples:
     the same samples, the same steps, the same mean loss per sample."""
@@ -186,6 +157,7 @@ def test_train_loss_is_the_mean_per_sample_under_gradient_accumulation(tmp_path)
     assert accumulated["train_loss"] == pytest.approx(whole["train_loss"], rel=1e-5)
 
 
+@needs_per_sample_loss
 def test_a_logged_step_loss_is_the_mean_over_its_micro_batches(tmp_path):
     """Two micro-batches of 8 log the loss of the 16 samples, not the last 8's."""
     one_step = [*PER_SAMPLE, "--max-steps=1", "--log-every=1"]

@@ -23,9 +23,10 @@ import finetune
 import predict
 import task
 import train
+from image_pipeline import IGNORE_INDEX, Preprocess
 from model import HEADS, build_model
 from options import parse_args
-from pipeline import IGNORE_INDEX, DatasetError, Preprocess, ShardedSampler, is_cached
+from pipeline import DatasetError, ShardedSampler, reads_whole_batches
 
 CLASSES = 3  # background and two shape kinds: a run of seconds learns them
 
@@ -412,7 +413,7 @@ def cache_files(data) -> list[str]:
 
 def assert_same_samples(cached_set, files_set) -> None:
     """The same images and masks, in the same order (cached masks are uint8, the files' int64)."""
-    assert is_cached(cached_set) and not is_cached(files_set)
+    assert reads_whole_batches(cached_set) and not reads_whole_batches(files_set)
     assert len(cached_set) == len(files_set)
     for index in range(len(files_set)):
         (image, mask), (file_image, file_mask) = cached_set[index], files_set[index]

@@ -1,4 +1,5 @@
-"""train.py end to end on tiny runs: logging, checkpoints, resume, fine-tuning, flags."""
+"""train.py end to end on tiny runs: logging, checkpoints, resume, --init-from, flags. (Fine-tuning
+image models from pretrained weights: test_images.py.)"""
 
 import errno
 import math
@@ -11,18 +12,23 @@ import pytest
 import torch
 from conftest import (
     DATASET,
+    MISFIT,
     MODEL,
     NORM_LAYERS,
     OTHER_MODEL,
     PER_SAMPLE,
+    RANDOM_EVERY_STEP,
+    RESHAPE,
+    SHAPE_ARGS,
     SMALL_MODEL,
-    TORCHVISION_MODEL,
     assert_same_weights,
     data_args,
     load_model_state,
     logged_steps,
+    needs_per_sample_loss,
     read_metrics,
     run_train,
+    small_model,
     start_train,
     tiny_args,
     train_fails,
@@ -31,20 +37,15 @@ from conftest import (
 
 import checkpoint
 import train
-from finetune import in_head
-from model import HEADS, build_model, model_image_size_problem
 
-DEFAULTS = train.parse_args([])
-SHAPE = (DEFAULTS.num_classes, DEFAULTS.in_channels, DEFAULTS.image_size)
-# torchvision's models take images of 32 pixels or more (model.MIN_IMAGE_SIZES)
-TORCHVISION_SIZE = max(DEFAULTS.image_size, 32)
 SMALL = f"--model={SMALL_MODEL}"
 
-# Two epochs of two steps, checkpoints at step 3 (mid-epoch) and at the end of each epoch. The
-# crops and flips of --augment draw random numbers every step: a resume that lost the random
-# number generators' states would train on other images.
+# Two epochs of two steps, checkpoints at step 3 (mid-epoch) and at the end of each epoch. With
+# RANDOM_EVERY_STEP every step draws random numbers: a resume that lost the random number
+# generators' states would train otherwise.
 RESUME_ARGS = [*data_args(16), "--epochs=2", "--save-every-steps=3", "--deterministic"]
-RESUME_ARGS += ["--lr-scheduler=cosine", "--warmup-epochs=0.5", "--momentum=0.9", "--augment"]
+RESUME_ARGS += ["--lr-scheduler=cosine", "--warmup-epochs=0.5", "--momentum=0.9"]
+RESUME_ARGS += RANDOM_EVERY_STEP
 
 
 class Crash(Exception):
@@ -118,7 +119,7 @@ def test_resume_is_bit_exact(
 def test_resume_drops_the_lines_logged_after_its_checkpoint(tmp_path, monkeypatch):
     """Killed at the start of step 7: steps 5 and 6 were logged after the last checkpoint (the
     end of epoch 1, step 4). The resumed run logs them again, once, as if it had never stopped."""
-    options = [SMALL, "--epochs=2", "--deterministic", "--augment"]
+    options = [SMALL, "--epochs=2", "--deterministic", *RANDOM_EVERY_STEP]
     run_train(tmp_path / "whole", *options)
     is_logged = train.is_logged
 
@@ -150,7 +151,7 @@ def test_resume_auto_takes_the_newest_checkpoint(tmp_path, capsys):
 
 def test_sigkill_then_resume_auto_matches_uninterrupted(tmp_path):
     options = [SMALL, "--epochs=2", "--max-steps=6", "--save-every-steps=2"]
-    options += ["--deterministic", "--augment"]
+    options += ["--deterministic", *RANDOM_EVERY_STEP]
     run_train(tmp_path / "whole", *options)
     killed = tmp_path / "killed"
     process = start_train(tiny_args(killed, *options))
@@ -171,54 +172,6 @@ def test_sigkill_then_resume_auto_matches_uninterrupted(tmp_path):
     )
     assert resumed_step and int(resumed_step.group(1)) >= 2, out
     assert_same_weights(tmp_path / "whole" / "last.pt", killed / "last.pt")
-
-
-def image_size_for(model_name: str) -> int:
-    """This project's --image-size, or torchvision's smallest where the model cannot take it."""
-    problem = model_image_size_problem(model_name, DEFAULTS.image_size)
-    return TORCHVISION_SIZE if problem else DEFAULTS.image_size
-
-
-def replaced_tensors(model_name: str, size: int, num_classes: int) -> list[str]:
-    """The names of the tensors of `model_name` whose shape depends on the class count (the
-    head's last layer, and the auxiliary head's where the model has one), sorted."""
-    ours = build_model(model_name, DEFAULTS.num_classes, DEFAULTS.in_channels, size).state_dict()
-    other = build_model(model_name, num_classes, DEFAULTS.in_channels, size).state_dict()
-    return sorted(key for key in ours if ours[key].shape != other[key].shape)
-
-
-@pytest.mark.parametrize("model_name", sorted({MODEL, SMALL_MODEL, TORCHVISION_MODEL}))
-def test_finetune_freezes_the_backbone_and_replaces_the_head(tmp_path, capsys, model_name):
-    pretrained, finetuned = tmp_path / "pretrained", tmp_path / "finetuned"
-    size = image_size_for(model_name)
-    run_train(pretrained, f"--model={model_name}", "--max-steps=2", f"--image-size={size}")
-    capsys.readouterr()
-    run_train(
-        finetuned,
-        f"--model={model_name}",
-        f"--image-size={size}",
-        "--num-classes=3",
-        f"--init-from={pretrained / 'last.pt'}",
-        "--freeze=backbone",
-        "--max-steps=2",
-    )
-    head = HEADS[model_name]
-    replaced = replaced_tensors(model_name, size, 3)
-    summary = next(line for line in capsys.readouterr().out.splitlines() if "init-from" in line)
-    assert f"skipped {len(replaced)} with other shapes [{', '.join(replaced)}]" in summary
-    before, after = load_model_state(pretrained / "last.pt"), load_model_state(
-        finetuned / "last.pt"
-    )
-    # The backbone as trained before, and the head's new last layer (an auxiliary head's too)
-    # trained from its initial weights.
-    backbone = [key for key in after if not in_head(key, head) and key not in replaced]
-    assert backbone and all(torch.equal(before[key], after[key]) for key in backbone)
-    torch.manual_seed(0)
-    initial = build_model(model_name, 3, DEFAULTS.in_channels, size).state_dict()
-    assert all(after[key].shape[0] == 3 for key in replaced)
-    assert all(in_head(key, head) for key in replaced)
-    new_weights = [key for key in replaced if "weight" in key]
-    assert new_weights and not any(torch.equal(after[key], initial[key]) for key in new_weights)
 
 
 def test_init_from_a_checkpoint_of_another_model_is_refused(tmp_path, capsys):
@@ -254,56 +207,19 @@ def test_eval_only_reports_the_checkpoint_metrics(tmp_path, capsys):
     assert sorted(os.listdir(tmp_path)) == before, "evaluation writes nothing"
 
 
-def test_eval_only_with_a_checkpoint_of_another_class_count_names_both(tmp_path, capsys):
+def test_eval_only_with_a_checkpoint_of_another_shape_names_the_misfit(tmp_path, capsys):
     run_train(tmp_path, SMALL, "--max-steps=1")
     code, err = train_fails(
-        capsys,
-        *tiny_args(tmp_path, SMALL, "--num-classes=3", "--eval-only", "--resume=auto"),
+        capsys, *tiny_args(tmp_path, SMALL, RESHAPE, "--eval-only", "--resume=auto")
     )
     assert code == 1
-    assert f"{tmp_path / 'last.pt'} was saved with --num-classes 10, this run uses 3" in err
+    assert f"{tmp_path / 'last.pt'} {MISFIT}" in err
 
 
 def test_amp_runs_the_forward_pass_in_bfloat16_on_cpu(tmp_path, monkeypatch):
     seen = watch_forward(monkeypatch)
     run_train(tmp_path, SMALL, "--amp", "--max-steps=1")
     assert seen and all(output.dtype == torch.bfloat16 for _, output in seen)
-
-
-def test_channels_last_reaches_the_model(tmp_path, monkeypatch):
-    seen = watch_forward(monkeypatch)
-    run_train(tmp_path, SMALL, "--channels-last", "--in-channels=3", "--max-steps=1")
-    images = seen[0][0]
-    assert images.is_contiguous(memory_format=torch.channels_last) and not images.is_contiguous()
-
-
-def test_augment_crops_and_flips_each_image(tmp_path, monkeypatch):
-    """The model sees the images of a plain run, each shifted by up to 4 pixels and maybe
-    mirrored: the same pixels where the crop overlaps the image."""
-    seen = watch_forward(monkeypatch)
-    run_train(tmp_path / "plain", SMALL, "--max-steps=1")
-    plain = seen[0][0].clone()
-    seen.clear()
-    run_train(tmp_path / "augmented", SMALL, "--max-steps=1", "--augment")
-    augmented = seen[0][0]
-    assert augmented.shape == plain.shape and not torch.equal(augmented, plain)
-    background = -1.0  # zero padding, normalized
-    for image, original in zip(augmented, plain, strict=True):
-        matches = [
-            torch.equal(window[mask], shifted[mask])
-            for flip in (False, True)
-            for dy in range(-4, 5)
-            for dx in range(-4, 5)
-            for shifted in [shift(original.flip(-1) if flip else original, dy, dx, background)]
-            for window, mask in [(image, shifted != background)]
-        ]
-        assert any(matches), "an augmented image is no crop or flip of the original"
-
-
-def shift(image: torch.Tensor, dy: int, dx: int, fill: float) -> torch.Tensor:
-    padded = torch.nn.functional.pad(image, [4] * 4, value=fill)
-    height, width = image.shape[-2:]
-    return padded[:, 4 + dy : 4 + dy + height, 4 + dx : 4 + dx + width]
 
 
 def test_compile_wraps_the_model_and_saves_plain_keys(tmp_path, monkeypatch):
@@ -322,16 +238,17 @@ def test_compile_wraps_the_model_and_saves_plain_keys(tmp_path, monkeypatch):
 
 
 SGD_ONE_STEP = [*PER_SAMPLE, "--optimizer=sgd", "--momentum=0", "--weight-decay=0"]
-SGD_ONE_STEP += ["--lr-scheduler=none", "--max-steps=1", *data_args(32)]
+SGD_ONE_STEP += ["--lr-scheduler=none", "--max-steps=1", *data_args(32), *SHAPE_ARGS]
 
 
+@needs_per_sample_loss
 def test_gradient_accumulation_matches_one_big_batch(tmp_path):
     run_train(tmp_path / "accumulated", *SGD_ONE_STEP, "--batch-size=8", "--grad-accum-steps=2")
     run_train(tmp_path / "big", *SGD_ONE_STEP, "--batch-size=16")
     accumulated = load_model_state(tmp_path / "accumulated" / "last.pt")
     big = load_model_state(tmp_path / "big" / "last.pt")
     torch.manual_seed(0)
-    initial = build_model(SMALL_MODEL, *SHAPE).state_dict()
+    initial = small_model().state_dict()
     for key in big:
         if key.rpartition(".")[0] not in NORM_LAYERS:  # frozen by PER_SAMPLE
             assert not torch.equal(big[key], initial[key]), key
@@ -342,8 +259,11 @@ def test_clip_grad_norm_bounds_the_update(tmp_path):
     run_train(tmp_path, *SGD_ONE_STEP, "--clip-grad-norm=0.001", "--lr=0.1")
     after = load_model_state(tmp_path / "last.pt")
     torch.manual_seed(0)
-    initial = build_model(SMALL_MODEL, *SHAPE).state_dict()
-    update = torch.cat([(after[key] - initial[key]).flatten() for key in after])
+    model = small_model()
+    initial = model.state_dict()
+    # Each parameter once: state_dict() repeats a tied one (a GPT's lm_head is its embedding).
+    names = [name for name, _ in model.named_parameters()]
+    update = torch.cat([(after[name] - initial[name]).flatten() for name in names])
     assert update.norm().item() == pytest.approx(0.1 * 0.001, rel=1e-3)
 
 
@@ -404,14 +324,14 @@ def test_resume_auto_falls_back_past_a_corrupt_checkpoint(tmp_path, capsys):
     assert f"resumed from {tmp_path / 'step_00000002.pt'} at epoch 0, step 2\n" in captured.out
 
 
-def test_resuming_a_checkpoint_of_another_class_count_names_the_mismatch(tmp_path, capsys):
+def test_resuming_a_checkpoint_of_another_shape_names_the_misfit(tmp_path, capsys):
     run_train(tmp_path / "run", SMALL, "--max-steps=1")
     # A checkpoint without its run folder's records: only the checkpoint can say what it holds.
     copied = tmp_path / "copied.pt"
     copied.write_bytes((tmp_path / "run" / "last.pt").read_bytes())
-    args = tiny_args(tmp_path / "other", SMALL, "--num-classes=3", f"--resume={copied}")
+    args = tiny_args(tmp_path / "other", SMALL, RESHAPE, f"--resume={copied}")
     code, err = train_fails(capsys, *args)
-    assert code == 1 and "--num-classes 10, this run uses 3" in err
+    assert code == 1 and f"{copied} {MISFIT}" in err
 
 
 def test_a_failed_checkpoint_write_stops_cleanly_and_keeps_the_previous_one(
@@ -451,31 +371,3 @@ def test_a_failed_checkpoint_write_stops_cleanly_and_keeps_the_previous_one(
     )
     assert (tmp_path / "last.pt").read_bytes() == before
     assert not [name for name in os.listdir(tmp_path) if ".tmp-" in name]
-
-
-def test_pretrained_weights_come_from_the_hub_cache_only(tmp_path, monkeypatch, capsys):
-    import torchvision
-
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    default = torchvision.models.get_model_weights(TORCHVISION_MODEL).DEFAULT
-    cached = tmp_path / "torch" / "hub" / "checkpoints" / os.path.basename(default.url)
-    args = [f"--model={TORCHVISION_MODEL}", "--weights=DEFAULT", "--freeze=backbone"]
-    args += ["--max-steps=1", "--in-channels=3", f"--image-size={TORCHVISION_SIZE}"]
-    code, err = train_fails(capsys, *tiny_args(tmp_path / "run", *args))
-    assert code == 2 and f"put the file at {cached}" in err and "--download" in err
-
-    # Made-up pretrained weights: the model with the pretrained class count.
-    torch.manual_seed(1)
-    pretrained_classes = len(default.meta["categories"])
-    model = build_model(TORCHVISION_MODEL, pretrained_classes, 3, TORCHVISION_SIZE)
-    pretrained = model.state_dict()
-    cached.parent.mkdir(parents=True)
-    torch.save(pretrained, cached)
-    run_train(tmp_path / "run", *args)
-    trained = load_model_state(tmp_path / "run" / "last.pt")
-    head = HEADS[TORCHVISION_MODEL]
-    backbone = [key for key in trained if not in_head(key, head)]
-    assert backbone and all(torch.equal(trained[key], pretrained[key]) for key in backbone)
-    replaced = [key for key in trained if trained[key].shape != pretrained[key].shape]
-    assert replaced and all(in_head(key, head) for key in replaced)
-    assert all(trained[key].shape[0] == DEFAULTS.num_classes for key in replaced)

@@ -17,6 +17,7 @@ import functools
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 import distributed
 from hooks.base import Hook, module_parameters
@@ -53,7 +54,7 @@ class NanCheck(Hook):
             for name, param_name, param in module_parameters(self.modules):
                 if param.grad is not None:
                     what = f"the gradient of parameter '{name}.{param_name}'"
-                    checks.append((True, what, torch.isfinite(param.grad).all()))
+                    checks.append((True, what, all_finite(param.grad)))
         if checks:
             finite = torch.stack([check[2] for check in checks]).tolist()  # one device sync
             for (_, what, _), ok in zip(checks, finite, strict=True):
@@ -64,3 +65,10 @@ class NanCheck(Hook):
                         hint = " (averaged over processes: another one may have the first NaN)"
                     raise FloatingPointError(f"NaN or Inf in {what} at step {self.step}{hint}")
         return {}
+
+
+def all_finite(grad: torch.Tensor) -> torch.Tensor:
+    """Whether every value of a parameter's gradient is finite; of all of it when --fsdp shards
+    it over the processes (a collective then), so that every process stops at the same step."""
+    finite = torch.isfinite(grad).all()
+    return finite.full_tensor() if isinstance(finite, DTensor) else finite

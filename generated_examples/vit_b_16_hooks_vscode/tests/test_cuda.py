@@ -1,5 +1,5 @@
-"""CUDA smoke tests: two steps on the GPU with float16 autocast, GradScaler and channels-last, then
-a resume from the checkpoint.
+"""CUDA smoke tests: two steps on the GPU with float16 autocast, GradScaler and the memory layout
+of GPU_LAYOUT (channels-last for images), then a resume from the checkpoint.
 
 Marked `cuda`: skipped with "no CUDA device" on a machine without one, and a failure instead when
 REQUIRE_CUDA=1 is set (see conftest.py), so a GPU job cannot pass without running them.
@@ -9,24 +9,24 @@ import math
 
 import pytest
 import torch
-from conftest import MODEL, logged_steps, run_train, watch_forward
+from conftest import GPU_LAYOUT, MODEL, logged_steps, model_input, run_train, watch_forward
 
 import checkpoint
 
 pytestmark = pytest.mark.cuda
 
-GPU = ["--device=cuda", "--amp", "--channels-last"]
+GPU = ["--device=cuda", "--amp", *GPU_LAYOUT]
 
 
-def test_two_steps_with_float16_autocast_and_channels_last(tmp_path, monkeypatch):
+def test_two_steps_with_float16_autocast_and_the_gpu_layout(tmp_path, monkeypatch):
     seen = watch_forward(monkeypatch)
     metrics = run_train(tmp_path, *GPU, "--max-steps=2")
     assert metrics["step"] == 2 and math.isfinite(metrics["train_loss"])
     assert math.isfinite(metrics["val_loss"])
-    images, output = seen[0]
-    assert images.is_cuda and images.dtype == torch.float32
-    if images.dim() == 4:
-        assert images.is_contiguous(memory_format=torch.channels_last)
+    inputs, output = seen[0]
+    assert inputs.is_cuda and inputs.dtype == model_input(1).dtype  # float32 images, int64 tokens
+    if inputs.dim() == 4:  # images, channels-last
+        assert inputs.is_contiguous(memory_format=torch.channels_last)
     assert output.dtype == torch.float16, "autocast did not run the forward pass in float16"
     state = checkpoint.load_checkpoint(tmp_path / "last.pt")
     assert state["args"]["model"] == MODEL and state["progress"]["step"] == 2

@@ -14,7 +14,7 @@ from test_predict import files_in, one_line_failure, reference_model
 
 import checkpoint
 import export
-from pipeline import MEAN, STD, Preprocess
+from image_pipeline import MEAN, STD, Preprocess
 
 FORMAT_SUFFIXES = {"torchscript": ".torchscript.pt", "exported": ".pt2", "onnx": ".onnx"}
 
@@ -169,8 +169,9 @@ def test_a_failed_verification_leaves_nothing_behind(trained, tmp_path, capsys, 
 def test_an_operator_the_format_cannot_take_is_named(tmp_path, fmt, operator, message):
     needs_onnx(fmt)
     output = tmp_path / f"custom{FORMAT_SUFFIXES[fmt]}"
+    options = {"in_channels": 3, "image_size": 8, "num_classes": 3}  # Custom's input and output
     with pytest.raises(export.ExportError) as failed:
-        export.export_verified(Custom(operator).eval(), fmt, str(output), 3, 8)
+        export.export_verified(Custom(operator).eval(), fmt, str(output), options)
     assert str(failed.value).startswith(f"cannot export to {fmt}: {message}")
     assert "\n" not in str(failed.value)
     assert list(tmp_path.iterdir()) == []

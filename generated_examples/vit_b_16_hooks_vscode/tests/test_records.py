@@ -5,7 +5,15 @@ import json
 import statistics
 
 import pytest
-from conftest import SMALL_MODEL, data_args, read_metrics, run_train, tiny_args, train_fails
+from conftest import (
+    RANDOM_EVERY_STEP,
+    SMALL_MODEL,
+    data_args,
+    read_metrics,
+    run_train,
+    tiny_args,
+    train_fails,
+)
 
 import compare
 import records
@@ -47,7 +55,8 @@ def test_a_resumed_run_adds_its_own_record(tmp_path):
 
 
 def test_config_json_repeats_a_run(tmp_path):
-    run_train(tmp_path / "first", *SHORT, "--lr=0.02", "--optimizer=adamw", "--augment")
+    # RANDOM_EVERY_STEP: the repeat draws the same random numbers too.
+    run_train(tmp_path / "first", *SHORT, "--lr=0.02", "--optimizer=adamw", *RANDOM_EVERY_STEP)
     again = train.main(
         ["--config", str(tmp_path / "first" / "config.json"), f"--output-dir={tmp_path / 'again'}"]
     )
@@ -61,9 +70,9 @@ def test_config_json_repeats_a_run(tmp_path):
 
 def test_flags_win_over_a_yaml_config(tmp_path):
     config = tmp_path / "config.yaml"
-    config.write_text("lr: 0.3\nmomentum: 0.5\naugment: true\nbatch-size: 4\n")
+    config.write_text("lr: 0.3\nmomentum: 0.5\ndeterministic: true\nbatch-size: 4\n")
     args = train.parse_args(["--config", str(config), "--lr=0.01", f"--output-dir={tmp_path}"])
-    assert (args.lr, args.momentum, args.augment, args.batch_size) == (0.01, 0.5, True, 4)
+    assert (args.lr, args.momentum, args.deterministic, args.batch_size) == (0.01, 0.5, True, 4)
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,7 @@ import math
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from hooks.base import Hook, module_parameters
 
@@ -52,7 +53,7 @@ class GradientNorms(Hook):
             if param.grad is not None
         ]
         pieces = [square for squares in self.squares.values() for square in squares]
-        pieces += [torch.linalg.vector_norm(grad.detach().float()) for _, _, grad in params]
+        pieces += [whole_norm(grad) for _, _, grad in params]
         if not pieces:
             return {}
         values = iter(torch.stack(pieces).tolist())  # one device sync
@@ -62,3 +63,10 @@ class GradientNorms(Hook):
         for name, param_name, _ in params:
             summary[name][param_name] = next(values)
         return {name: norms for name, norms in summary.items() if norms}
+
+
+def whole_norm(grad: torch.Tensor) -> torch.Tensor:
+    """The L2 norm of a parameter's gradient; of all of it when --fsdp shards it over the
+    processes (a collective then: every process reads its hooks at the same step)."""
+    norm = torch.linalg.vector_norm(grad.detach().float())
+    return norm.full_tensor() if isinstance(norm, DTensor) else norm
