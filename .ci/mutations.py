@@ -544,6 +544,28 @@ MUTATIONS = (
         (SWEEP + "test_reap_asks_squeue_whether_the_job_of_an_owner_elsewhere_still_runs",),
     ),
     Mutation(
+        "torchrun-exit-through-the-teardown",
+        "ddp",
+        "distributed.py",
+        "    os._exit(status or 0)\n",
+        "    sys.exit(status)\n",
+        (
+            DDP
+            + "test_a_process_that_joined_a_group_exits_with_mains_status_and_skips_the_teardown",
+        ),
+    ),
+    Mutation(
+        "torchrun-exit-loses-buffered-output",
+        "ddp",
+        "distributed.py",
+        "    sys.stdout.flush()\n",
+        "",
+        (
+            DDP
+            + "test_a_process_that_joined_a_group_exits_with_mains_status_and_skips_the_teardown",
+        ),
+    ),
+    Mutation(
         "heartbeat-beats-once",
         "project",
         "sweep.py",
@@ -605,7 +627,8 @@ MUTATIONS = (
         "lm-untied-output-layer",
         "lm",
         "model.py",
-        "        self.lm_head.weight = self.token_embedding.weight  # tied: one matrix, both ends\n",
+        "        self.lm_head.weight = self.token_embedding.weight  # tied: one matrix, both ends"
+        "\n",
         "",
         (f"{LM}test_the_output_layer_is_the_token_embedding",),
     ),

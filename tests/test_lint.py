@@ -1,5 +1,5 @@
-"""The scaffold package, its tests and benchmarks are black- and ruff-clean (generated projects are
-checked per variant in test_variants.py)."""
+"""The scaffold package, its tests, benchmarks and mutations are black- and ruff-clean (generated
+projects are checked per variant in test_variants.py)."""
 
 import subprocess
 import sys
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PATHS = ["scaffold", "tests", "benchmarks"]
+PATHS = ["scaffold", "tests", "benchmarks", ".ci/mutations.py"]
 
 
 @pytest.mark.parametrize(

@@ -12,8 +12,10 @@ train.py runs either way:
 
 import atexit
 import builtins
+import contextlib
 import functools
 import os
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -21,6 +23,7 @@ import torch
 import torch.distributed as dist
 
 _original_print = builtins.print
+_joined_process_group = False  # set by setup(): exit_without_teardown() then skips the teardown
 
 
 class SetupError(Exception):
@@ -66,6 +69,8 @@ def setup(device: str = "auto", timeout_seconds: float = 600) -> Context:
     dist.init_process_group(
         "nccl" if device == "cuda" else "gloo", timeout=timedelta(seconds=timeout_seconds)
     )
+    global _joined_process_group
+    _joined_process_group = True
     atexit.register(cleanup)  # also on paths that skip train.main's `finally`
     if rank != 0:
         silence_print()
@@ -88,6 +93,34 @@ def cleanup() -> None:
     builtins.print = _original_print
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def exit_without_teardown():
+    """Around a script's whole main: a process that joined a process group ends here, with the
+    status that main ended with, once the atexit functions have run and the output is flushed.
+
+    Python's teardown can abort a torchrun process whose run succeeded ("terminate called
+    without an active exception", exit -6): a process group that outlives destroy_process_group
+    (FSDP's DTensor caches keep one) has gloo threads that may drop the last collective's tensors
+    while the interpreter is being torn down. Nothing is left to do by then, so os._exit skips it.
+    A process without a process group exits as usual."""
+    try:
+        yield
+        status = 0
+    except SystemExit as stop:
+        if not _joined_process_group:
+            raise
+        status = stop.code
+    if not _joined_process_group:
+        return
+    if isinstance(status, str):  # sys.exit("error: ...")
+        print(status, file=sys.stderr)
+        status = 1
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status or 0)
 
 
 def is_main_process() -> bool:

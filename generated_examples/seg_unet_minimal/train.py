@@ -618,4 +618,5 @@ def build_scheduler(optimizer, args, steps_per_epoch: int, total_steps: int):
 
 
 if __name__ == "__main__":
-    main()
+    with distributed.exit_without_teardown():
+        main()

@@ -633,4 +633,5 @@ def build_hooks(model: nn.Module, output_dir: str, args) -> HookSet:
 
 
 if __name__ == "__main__":
-    main()
+    with distributed.exit_without_teardown():
+        main()

@@ -69,6 +69,7 @@ FAULTY_TRAIN = """
 import json, os, signal, sys
 
 sys.path.insert(0, {project!r})
+import distributed
 import train
 
 rank = os.environ["RANK"]
@@ -88,8 +89,9 @@ def faulty_is_logged(step, *args):
 
 
 train.is_logged = faulty_is_logged
-train.main(sys.argv[1:])
-open(os.path.join(marks, "finished-" + rank), "w").close()
+with distributed.exit_without_teardown():
+    train.main(sys.argv[1:])
+    open(os.path.join(marks, "finished-" + rank), "w").close()
 """
 
 # Stands in for train.py: every optimizer step takes STEP_SECONDS longer, so that a signal sent
@@ -98,6 +100,7 @@ SLOW_TRAIN = """
 import os, sys, time
 
 sys.path.insert(0, {project!r})
+import distributed
 import train
 
 is_logged = train.is_logged
@@ -109,7 +112,8 @@ def slow_is_logged(*args):
 
 
 train.is_logged = slow_is_logged
-train.main(sys.argv[1:])
+with distributed.exit_without_teardown():
+    train.main(sys.argv[1:])
 """
 
 # Stands in for train.py: counts, in a DDP communication hook, the all-reduces of each process's
@@ -122,6 +126,7 @@ import torch
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
 sys.path.insert(0, {project!r})
+import distributed
 import train
 
 reductions, models = [], []
@@ -141,11 +146,12 @@ def wrap_and_count(model, *args):
 
 
 train.wrap_for_training = wrap_and_count
-train.main(sys.argv[1:])
-marks = os.path.join(os.environ["MARKS_DIR"], "rank-" + os.environ["RANK"])
-torch.save(dict(models[0].named_parameters()), marks + ".pt")
-with open(marks + ".json", "w") as file:
-    json.dump({{"whole_gradient_reductions": reductions.count(0)}}, file)
+with distributed.exit_without_teardown():
+    train.main(sys.argv[1:])
+    marks = os.path.join(os.environ["MARKS_DIR"], "rank-" + os.environ["RANK"])
+    torch.save(dict(models[0].named_parameters()), marks + ".pt")
+    with open(marks + ".json", "w") as file:
+        json.dump({{"whole_gradient_reductions": reductions.count(0)}}, file)
 """
 
 # srun on one node: drop srun's own options, run the command once.
@@ -359,6 +365,56 @@ def test_a_failing_rank_stops_every_process(tmp_path):
     # scripts/train_ddp.sh gives each of the 2 processes half of the cores.
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     assert {record["omp"] for record in started.values()} == {str(max(cores // 2, 1))}
+
+
+# Ends as train.py's main does, in a process group of one when JOIN is set: the exit status and
+# message of `sys.exit(EXIT)`, after an atexit function, with output still unflushed, and a
+# global whose finalizer says whether Python's teardown ran.
+EXITING = """
+import atexit, os, sys
+
+sys.path.insert(0, {project!r})
+import distributed
+
+
+class TornDown:
+    def __del__(self):
+        print("torn down", file=sys.stderr, flush=True)
+
+
+torn_down = TornDown()
+atexit.register(print, "atexit ran", file=sys.stderr)
+with distributed.exit_without_teardown():
+    if "JOIN" in os.environ:
+        distributed.setup("cpu")
+    print("unflushed", end="")
+    distributed.cleanup()
+    sys.exit(int(os.environ["EXIT"]) if os.environ["EXIT"].isdigit() else os.environ["EXIT"])
+"""
+
+
+def test_a_process_that_joined_a_group_exits_with_mains_status_and_skips_the_teardown(tmp_path):
+    """Python's teardown can abort a torchrun process that succeeded (distributed.py says why):
+    one that joined a process group ends before it, yet with the same status, messages and
+    atexit functions. Without a process group, the teardown is Python's usual one."""
+    script = tmp_path / "exiting.py"
+    script.write_text(EXITING.format(project=PROJECT))
+    group = {"JOIN": "1", "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"}
+    group |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    ended = {}
+    for name, env in {
+        "error": {**group, "EXIT": "error: bad input"},
+        "stopped": {**group, "EXIT": "143"},
+        "alone": {"EXIT": "error: bad input"},
+    }.items():
+        environment = {key: value for key, value in os.environ.items() if key not in group} | env
+        result = subprocess.run(
+            [sys.executable, str(script)], capture_output=True, text=True, env=environment
+        )
+        ended[name] = (result.returncode, result.stdout, result.stderr.splitlines())
+    assert ended["error"] == (1, "unflushed", ["error: bad input", "atexit ran"])
+    assert ended["stopped"] == (143, "unflushed", ["atexit ran"])
+    assert ended["alone"] == (1, "unflushed", ["error: bad input", "atexit ran", "torn down"])
 
 
 def test_a_killed_rank_then_resume_auto_ends_like_an_uninterrupted_run(augmented_run, tmp_path):

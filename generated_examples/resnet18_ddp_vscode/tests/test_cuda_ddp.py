@@ -24,6 +24,7 @@ import os, sys
 import torch.distributed as dist
 
 sys.path.insert(0, {project!r})
+import distributed
 import train
 
 init_process_group = dist.init_process_group
@@ -36,7 +37,8 @@ def init_and_record(backend, *args, **kwargs):
 
 
 dist.init_process_group = init_and_record
-train.main(sys.argv[1:])
+with distributed.exit_without_teardown():
+    train.main(sys.argv[1:])
 """
 
 

@@ -67,6 +67,7 @@ KILLED_IN_SAVE = """
 import os, signal, sys
 
 sys.path.insert(0, {project!r})
+import distributed
 import sharded
 import train
 
@@ -80,7 +81,8 @@ def save_or_die(state, checkpoint_id):
 
 
 sharded.dcp.save = save_or_die
-train.main(sys.argv[1:])
+with distributed.exit_without_teardown():
+    train.main(sys.argv[1:])
 """
 
 # Stands in for train.py. With SAMPLES set, each process appends the training samples it takes,
@@ -94,6 +96,7 @@ import torch
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
 sys.path.insert(0, {project!r})
+import distributed
 import pipeline
 import train
 
@@ -120,8 +123,6 @@ def resume_and_write(args, output_dir, checkpointer):
     if os.environ["RANK"] == "0":
         torch.save({{"model": model, "optimizer": optimizer}}, os.environ["LOADED"])
     if "STOP" in os.environ:
-        # Leave together: a gloo process that exits while rank 0 still writes can abort.
-        torch.distributed.barrier()
         sys.exit(0)
     return resumed
 
@@ -130,7 +131,8 @@ if "SAMPLES" in os.environ:
     pipeline.ShardedSampler.__iter__ = recorded
 if "LOADED" in os.environ:
     train.resume_from = resume_and_write
-train.main(sys.argv[1:])
+with distributed.exit_without_teardown():
+    train.main(sys.argv[1:])
 """
 
 
