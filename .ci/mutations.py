@@ -544,6 +544,14 @@ MUTATIONS = (
         (SWEEP + "test_reap_asks_squeue_whether_the_job_of_an_owner_elsewhere_still_runs",),
     ),
     Mutation(
+        "orphans-of-a-killed-torchrun-train-on",
+        "ddp",
+        "distributed.py",
+        "    stop_when_torchrun_dies()\n",
+        "",
+        (DDP + "test_kill_9_of_torchrun_alone_makes_its_processes_save_and_stop",),
+    ),
+    Mutation(
         "torchrun-exit-through-the-teardown",
         "ddp",
         "distributed.py",

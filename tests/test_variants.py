@@ -475,6 +475,9 @@ TASK_INDEPENDENT = (
     "tests/test_fsdp.py::test_consolidating_an_incomplete_folder_is_refused",
     "tests/test_fsdp.py::test_a_step_folder_given_for_a_checkpoint_file_says_how_to_make_one",
     "tests/test_ddp.py::test_the_time_limit_signal_saves_then_requeues_and_the_requeued_job_resumes",
+    "tests/test_ddp.py::test_kill_9_of_torchrun_alone_makes_its_processes_save_and_stop",
+    "tests/test_ddp.py::"
+    "test_a_process_that_joined_a_group_exits_with_mains_status_and_skips_the_teardown",
     "tests/test_runs.py::test_a_second_sigint_stops_at_once_and_keeps_the_last_checkpoint",
     "tests/test_sweep.py::test_kill_9_of_run_mid_trial_then_run_again_finishes_each_trial_once_exactly",
     "tests/test_sweep.py::"

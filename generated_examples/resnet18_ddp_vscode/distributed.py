@@ -13,8 +13,10 @@ train.py runs either way:
 import atexit
 import builtins
 import contextlib
+import ctypes
 import functools
 import os
+import signal
 import sys
 from dataclasses import dataclass
 from datetime import timedelta
@@ -23,6 +25,7 @@ import torch
 import torch.distributed as dist
 
 _original_print = builtins.print
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal this process gets when its parent dies
 _joined_process_group = False  # set by setup(): exit_without_teardown() then skips the teardown
 
 
@@ -59,6 +62,7 @@ def setup(device: str = "auto", timeout_seconds: float = 600) -> Context:
             f"RANK is set but the torchrun environment is incomplete ({error}): "
             "start with torchrun, or unset RANK for one process"
         ) from None
+    stop_when_torchrun_dies()
     if device == "cuda":
         if local_rank >= torch.cuda.device_count():
             raise SetupError(
@@ -76,6 +80,14 @@ def setup(device: str = "auto", timeout_seconds: float = 600) -> Context:
         silence_print()
     index = local_rank if device == "cuda" else None
     return Context(torch.device(device, index), rank, local_rank, world_size)
+
+
+def stop_when_torchrun_dies() -> None:
+    """torchrun starts each process in a session of its own: a kill -9 of torchrun alone would
+    leave them training, orphaned. On Linux they get SIGTERM when it dies instead, and save and
+    stop as on any SIGTERM (signals.py)."""
+    if sys.platform == "linux" and "TORCHELASTIC_RUN_ID" in os.environ:
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def silence_print() -> None:

@@ -469,6 +469,37 @@ def test_the_time_limit_signal_saves_then_requeues_and_the_requeued_job_resumes(
     assert_same_run(output_dir, augmented_run)
 
 
+def test_kill_9_of_torchrun_alone_makes_its_processes_save_and_stop(augmented_run, tmp_path):
+    """torchrun starts each process in a session of its own; killed by SIGKILL, it can pass
+    nothing on. Linux sends them SIGTERM instead (distributed.stop_when_torchrun_dies): they stop
+    at one step, rank 0 saves, and --resume auto continues to the same end."""
+    output_dir = tmp_path / "run"
+    args = [*COMMON, "--batch-size=4", *RANDOM_EVERY_STEP, f"--output-dir={output_dir}"]
+    wrapper = tmp_path / "slow_train.py"
+    wrapper.write_text(SLOW_TRAIN.format(project=PROJECT))
+    env = {"TRAIN_SCRIPT": str(wrapper), "STEP_SECONDS": "0.3"}
+    job = start(["bash", SCRIPT, "2", *args], env)  # the script execs torchrun: job.pid is it
+    deadline = time.monotonic() + LAUNCH_TIMEOUT
+    while time.monotonic() < deadline and job.poll() is None:
+        if (output_dir / "metrics.jsonl").exists() and 2 in logged_steps(output_dir):
+            break
+        time.sleep(0.05)
+    os.kill(job.pid, signal.SIGKILL)
+    result = finish(job, tmp_path)  # the processes hold its output pipe until they exit
+    stopped = re.search(r"stopped by SIGTERM at step (\d+): saved (\S+); continue", result.stdout)
+    assert stopped, result.stdout[-3000:]
+    step = int(stopped.group(1))
+    assert 2 <= step < STEPS and stopped.group(2) == str(output_dir / "last.pt")
+    assert checkpoint.load_checkpoint(output_dir / "last.pt")["progress"]["step"] == step
+
+    resumed = launch(["bash", SCRIPT, "2", *args, "--resume=auto"], tmp_path)
+    assert resumed.returncode == 0, resumed.stdout[-3000:]
+    assert f"resumed from {output_dir / 'last.pt'} at epoch {step // 5}, step {step}\n" in (
+        resumed.stdout
+    )
+    assert_same_run(output_dir, augmented_run)
+
+
 def assert_same_run(resumed_dir, uninterrupted_dir) -> None:
     """The same metrics lines and bit-identical weights."""
     resumed, uninterrupted = read_metrics(resumed_dir), read_metrics(uninterrupted_dir)
