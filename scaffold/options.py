@@ -126,6 +126,10 @@ class NewProject:
         for name in TASK_DEFAULTS:
             if getattr(self, name) is None and self.task in TASKS:
                 object.__setattr__(self, name, default_answer(name, self.task))
+        # Model names are Python names; `gpt-tiny` means gpt_tiny, as pip reads package names.
+        spelled = self.model.replace("-", "_") if isinstance(self.model, str) else None
+        if self.model not in MODELS and spelled in MODELS:
+            object.__setattr__(self, "model", spelled)
 
     @property
     def name(self) -> str:
@@ -150,11 +154,6 @@ class NewProject:
                 raise UsageError(
                     f"model {self.model} is for --task {MODELS[self.model].task}; "
                     f"choose one of: {', '.join(models)}"
-                )
-            spelled = self.model.replace("-", "_")
-            if spelled in models:
-                raise UsageError(
-                    f"unknown model {self.model!r}: model names use '_', say {spelled}"
                 )
             raise UsageError(f"unknown model {self.model!r}; choose one of: {', '.join(models)}")
         datasets = task_datasets(self.task)

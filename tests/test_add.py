@@ -63,6 +63,44 @@ def check_clean(root: Path, files: list[str]) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+# The environment of the generated projects' own processes: one thread each, no bytecode files.
+PROJECT_ENV = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1"}
+
+
+def run_python(project: Path, script: str) -> subprocess.CompletedProcess:
+    """`script` run by Python in the project folder; it must succeed."""
+    run = subprocess.run(
+        [PYTHON, "-c", script],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        env=PROJECT_ENV,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    return run
+
+
+def last_json(run: subprocess.CompletedProcess) -> dict:
+    """The JSON object a script printed on its last line."""
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def add_model(project: Path, capsys, name: str) -> set[str]:
+    """`scaffold add model NAME` in `project`, checked: the files it wrote, black- and ruff-clean;
+    returns the lines it added to model.py."""
+    before = (project / "model.py").read_text()
+    code, out, err = run_cli(capsys, "add", "model", name, "-C", str(project))
+    assert (code, err) == (0, "")
+    assert actions(out) == [
+        ("create", f"model_{name}.py"),
+        ("create", f".copier-answers.model-{name}.yml"),
+        ("update", "model.py"),
+    ]
+    check_clean(project, [f"model_{name}.py", "model.py"])
+    return set((project / "model.py").read_text().splitlines()) - set(before.splitlines())
+
+
 # ---- each component on a fresh project ---------------------------------------------------
 
 
@@ -531,14 +569,13 @@ def test_added_components_work_in_a_hand_edited_project(project, capsys):
     # The generated tests that go through the registries (every hook of HOOKS, every model of
     # MODEL_NAMES) and those of the data. The rest of the suite does not depend on what was
     # added, and test_variants.py runs it.
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1"}
     registry_tests = ["tests/test_hooks.py", "tests/test_summary.py", "tests/test_data.py"]
     tests = subprocess.run(
         [PYTHON, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *registry_tests],
         cwd=project,
         capture_output=True,
         text=True,
-        env=env,
+        env=PROJECT_ENV,
         timeout=900,
     )
     assert tests.returncode == 0, tests.stdout[-4000:] + tests.stderr[-2000:]
@@ -553,10 +590,7 @@ train.main([*common, "--model", "resnet18", "--hooks", "activations,grad_watch",
 train.main([*common, "--model", "tiny_cnn", "--dataset", "my_images",
             "--hooks", "my_hook,my_activations", "--output-dir", "runs/added"])
 """
-    run = subprocess.run(
-        [PYTHON, "-c", script], cwd=project, capture_output=True, text=True, env=env, timeout=600
-    )
-    assert run.returncode == 0, run.stderr[-4000:]
+    run_python(project, script)
     for folder, hooks, module in [
         ("acceptance", ["activations", "grad_watch"], "layer1.0.conv1"),
         ("added", ["my_hook", "my_activations"], "features.0"),
@@ -598,12 +632,8 @@ metrics = train.main(["--model", "tiny_seg", "--dataset", "squares", "--num-clas
                       "--device", "cpu", "--workers", "0", "--output-dir", "runs/added"])
 print(json.dumps(metrics))
 """
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1"}
-    run = subprocess.run(
-        [PYTHON, "-c", script], cwd=project, capture_output=True, text=True, env=env, timeout=600
-    )
-    assert run.returncode == 0, run.stderr[-4000:]
-    metrics = json.loads(run.stdout.strip().splitlines()[-1])
+    run = run_python(project, script)
+    metrics = last_json(run)
     assert metrics["step"] == 2 and 0 <= metrics["val_miou"] <= 1
     assert set(metrics) >= {"val_loss", "val_miou", "val_pixel_acc", "val_iou/0"}
 
@@ -612,21 +642,10 @@ def test_a_language_model_project_gets_a_language_model(tmp_path, capsys):
     """The added model is causal (later tokens change no earlier logit), trains on the synthetic
     language without an edit, and predict.py generates with it from its checkpoint alone."""
     project = render(tmp_path, "words", task="lm", model="gpt_tiny")
-    registry_before = (project / "model.py").read_text()
-    code, out, err = run_cli(capsys, "add", "model", "byte_conv", "-C", str(project))
-    assert (code, err) == (0, "")
-    assert actions(out) == [
-        ("create", "model_byte_conv.py"),
-        ("create", ".copier-answers.model-byte_conv.yml"),
-        ("update", "model.py"),
-    ]
-    registry = (project / "model.py").read_text()
-    added = set(registry.splitlines()) - set(registry_before.splitlines())
-    assert added == {
+    assert add_model(project, capsys, "byte_conv") == {
         "from model_byte_conv import ByteConv",
         'CUSTOM_MODELS: dict[str, type[nn.Module]] = {"byte_conv": ByteConv}',
     }
-    check_clean(project, ["model_byte_conv.py", "model.py"])
     script = """
 import json, math, torch, model, predict, train
 net = model.build_model("byte_conv", 256, {"n_layer": None, "n_head": None, "n_embd": 32,
@@ -645,12 +664,8 @@ metrics = train.main(["--model", "byte_conv", "--dataset", "synthetic", "--token
 texts = predict.main(["runs/added/best.pt", "The dog", "--max-new-tokens", "8", "--seed", "1"])
 print(json.dumps({"val_loss": metrics["val_loss"], "chance": math.log(256), "texts": texts}))
 """
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1"}
-    run = subprocess.run(
-        [PYTHON, "-c", script], cwd=project, capture_output=True, text=True, env=env, timeout=600
-    )
-    assert run.returncode == 0, run.stderr[-4000:]
-    result = json.loads(run.stdout.strip().splitlines()[-1])
+    run = run_python(project, script)
+    result = last_json(run)
     assert result["val_loss"] < result["chance"] - 2  # learnt far more than the byte frequencies
     [text] = result["texts"]
     assert text.startswith("The dog") and len(text) > len("The dog")
@@ -660,22 +675,11 @@ def test_a_detection_project_gets_a_detector(tmp_path, capsys):
     """The added detector is registered with its detection heads, trains on the synthetic shapes
     without an edit, and --freeze backbone leaves exactly its heads training."""
     project = render(tmp_path, "boxes", task="detection", model="tiny_rcnn")
-    registry_before = (project / "model.py").read_text()
-    code, out, err = run_cli(capsys, "add", "model", "small_rcnn", "-C", str(project))
-    assert (code, err) == (0, "")
-    assert actions(out) == [
-        ("create", "model_small_rcnn.py"),
-        ("create", ".copier-answers.model-small_rcnn.yml"),
-        ("update", "model.py"),
-    ]
-    registry = (project / "model.py").read_text()
-    added = set(registry.splitlines()) - set(registry_before.splitlines())
-    assert added == {
+    assert add_model(project, capsys, "small_rcnn") == {
         "from model_small_rcnn import SmallRcnn",
         'CUSTOM_MODELS = {"tiny_rcnn": tiny_rcnn, "small_rcnn": SmallRcnn}',
         '    "small_rcnn": ("rpn", "roi_heads"),',
     }
-    check_clean(project, ["model_small_rcnn.py", "model.py"])
     script = """
 import json, train
 args = ["--model", "small_rcnn", "--dataset", "synthetic", "--num-classes", "3",
@@ -685,12 +689,8 @@ metrics = train.main([*args, "--output-dir", "runs/added"])
 frozen = train.main([*args, "--freeze", "backbone", "--output-dir", "runs/frozen"])
 print(json.dumps(metrics))
 """
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1"}
-    run = subprocess.run(
-        [PYTHON, "-c", script], cwd=project, capture_output=True, text=True, env=env, timeout=600
-    )
-    assert run.returncode == 0, run.stderr[-4000:]
-    metrics = json.loads(run.stdout.strip().splitlines()[-1])
+    run = run_python(project, script)
+    metrics = last_json(run)
     assert metrics["step"] == 2 and 0 <= metrics["val_map"] <= 1
     assert set(metrics) >= {"val_loss", "val_map", "val_map50", "val_map75"}
     assert "froze 15 parameter tensors (backbone)" in run.stdout

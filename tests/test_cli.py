@@ -454,8 +454,7 @@ BAD_INPUTS = [
     (["class"], "it is a Python keyword"),
     (["x/.."], "invalid project name '..'"),
     (["p", "--model", "resnet"], "unknown model 'resnet'; choose one of: lenet, mlp,"),
-    (["p", "--model", "convnext-tiny"], "unknown model 'convnext-tiny': model names use '_', say"),
-    (["p", "--task", "lm", "--model", "gpt-tiny"], "model names use '_', say gpt_tiny"),
+    (["p", "--model", "resnet-99"], "unknown model 'resnet-99'; choose one of: lenet, mlp,"),
     (["p", "--task", "pose"], "unknown task 'pose'; choose one of: classification,"),
     (["p", "--model", "unet"], "model unet is for --task segmentation; choose one of: lenet,"),
     (["p", "--dataset", "voc"], "dataset voc is for --task segmentation; choose one of: fake,"),
@@ -573,6 +572,22 @@ def test_new_takes_the_tasks_default_model_and_dataset(
     assert (data["task"], data["model"], data["dataset"]) == expected
     assert data["num_classes"] == 10 and data["image_size"] == 32
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "args, model",
+    [
+        (["--task", "lm", "--model", "gpt-tiny"], "gpt_tiny"),
+        (["--model", "convnext-tiny"], "convnext_tiny"),
+    ],
+)
+def test_a_model_name_spelled_with_hyphens_is_the_one_with_underscores(
+    tmp_path, capsys, monkeypatch, args, model
+):
+    seen = recorded_projects(monkeypatch)
+    code, _, err = run_cli(capsys, "new", str(tmp_path / "x"), *args, "--dry-run")
+    assert (code, err) == (0, "")
+    assert seen[0].to_data()["model"] == model
 
 
 def test_segmentation_takes_the_number_of_classes_given(tmp_path, capsys, monkeypatch):
