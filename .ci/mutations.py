@@ -13,7 +13,7 @@ unbroken: a test that fails already proves nothing.
     python .ci/mutations.py            # every mutation; exit 1 if any survives
     python .ci/mutations.py --list     # the names, targets and tests
     python .ci/mutations.py --only resume-disabled,oldest-checkpoint
-    python .ci/mutations.py --check    # only that every snippet still applies (fast, no tests)
+    python .ci/mutations.py --check    # only that every snippet and test is there (fast, no tests)
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ FSDP = "tests/test_fsdp.py::"
 RESUME = "tests/test_resume.py::"
 SWEEP = "tests/test_sweep.py::"
 LM = "tests/test_lm.py::"
+IMAGES = "tests/test_images.py::"
 MUTATIONS = (
     # Breaks that leave a finite loss and a saved checkpoint: only a run that must learn sees them.
     Mutation(
@@ -131,7 +132,7 @@ MUTATIONS = (
         "train.py",
         '{"params": backbone_params, "lr": args.lr * args.backbone_lr_mult}',
         '{"params": backbone_params}',
-        (BEHAVIOUR + "test_backbone_lr_mult_scales_the_backbones_step_and_not_the_heads",),
+        (IMAGES + "test_backbone_lr_mult_scales_the_backbones_step_and_not_the_heads",),
     ),
     Mutation(
         "validation-in-train-mode",
@@ -256,7 +257,7 @@ MUTATIONS = (
         "image_pipeline.py",
         "            if self.augment:\n                images, masks = random_crop_and_flip",
         "            if False:\n                images, masks = random_crop_and_flip",
-        (TRAIN + "test_augment_crops_and_flips_each_image",),
+        (IMAGES + "test_augment_crops_and_flips_each_image",),
     ),
     Mutation(
         "val-classes-unchecked",
@@ -671,13 +672,22 @@ def copy_repository(into: Path) -> Path:
     return copy
 
 
-def snippet_problem(mutation: Mutation, folder: Path) -> str | None:
+def mutation_problem(mutation: Mutation, folder: Path) -> str | None:
+    """Why `mutation` cannot be tried in `folder`: its file, its snippet or one of its tests is
+    missing (a test renamed or moved would otherwise stop the whole run); None when it can."""
     path = folder / mutation.path
     if not path.is_file():
         return f"{mutation.name}: {mutation.path} does not exist"
     count = path.read_text().count(mutation.old)
     if count != 1:
         return f"{mutation.name}: its snippet occurs {count} times in {mutation.path}, not once"
+    for test in mutation.tests:
+        test_path, _, name = test.partition("::")
+        source = folder / test_path
+        if not source.is_file() or (
+            name and f"def {name.split('[')[0]}(" not in source.read_text()
+        ):
+            return f"{mutation.name}: no test {test}"
     return None
 
 
@@ -691,7 +701,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", help="comma-separated mutation names")
     parser.add_argument("--list", action="store_true", help="list the mutations and exit")
-    parser.add_argument("--check", action="store_true", help="only check that each applies")
+    parser.add_argument("--check", action="store_true", help="only check that each can be tried")
     args = parser.parse_args(argv)
     chosen = list(MUTATIONS)
     if args.only:
@@ -714,7 +724,7 @@ def main(argv=None) -> int:
         folders = {"repo": repo}
         for kind in sorted({mutation.target for mutation in chosen} - {"repo"}):
             folders[kind] = render(kind, scratch, scaffold)
-        problems = [p for m in chosen if (p := snippet_problem(m, folders[m.target]))]
+        problems = [p for m in chosen if (p := mutation_problem(m, folders[m.target]))]
         if problems:
             print("\n".join(problems) + "\nupdate .ci/mutations.py: the code has moved")
             return 1
