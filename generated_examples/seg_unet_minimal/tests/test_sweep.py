@@ -419,6 +419,13 @@ def test_a_space_that_cannot_work_is_one_line(tmp_path, capsys, changes, message
     assert not os.path.exists(os.path.join("runs", "sweeps", "bad"))
 
 
+def test_the_projects_sweep_yaml_names_the_metric_that_chooses_best_pt():
+    with open(os.path.join(PROJECT, "sweep.yaml")) as file:
+        text = file.read()
+    direction = {"max": "maximize", "min": "minimize"}[BEST_MODE]
+    assert f"best.pt ({BEST_METRIC}, {direction})" in text
+
+
 def test_a_space_file_that_is_not_yaml_is_one_line(tmp_path, capsys):
     (tmp_path / "space.yaml").write_text("params: [lr\n")
     assert (
