@@ -401,13 +401,16 @@ def test_a_process_that_joined_a_group_exits_with_mains_status_and_skips_the_tea
     script.write_text(EXITING.format(project=PROJECT))
     group = {"JOIN": "1", "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"}
     group |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    # Output buffered, as it is when torchrun's processes write to a pipe or a file.
+    inherited = {key: value for key, value in os.environ.items() if key not in group}
+    inherited.pop("PYTHONUNBUFFERED", None)
     ended = {}
     for name, env in {
         "error": {**group, "EXIT": "error: bad input"},
         "stopped": {**group, "EXIT": "143"},
         "alone": {"EXIT": "error: bad input"},
     }.items():
-        environment = {key: value for key, value in os.environ.items() if key not in group} | env
+        environment = inherited | env
         result = subprocess.run(
             [sys.executable, str(script)], capture_output=True, text=True, env=environment
         )
