@@ -448,18 +448,11 @@ def test_the_time_limit_signal_saves_then_requeues_and_the_requeued_job_resumes(
     wrapper.write_text(SLOW_TRAIN.format(project=PROJECT))
     env = fake_slurm(tmp_path, FAKE_SRUN) | {"TRAIN_SCRIPT": str(wrapper), "STEP_SECONDS": "0.3"}
     job = start(["bash", SBATCH, *args], env)
-    deadline = time.monotonic() + LAUNCH_TIMEOUT
-    while time.monotonic() < deadline and job.poll() is None:
-        if (output_dir / "metrics.jsonl").exists() and 2 in logged_steps(output_dir):
-            break
-        time.sleep(0.05)
+    wait_for_step_two(job, output_dir)
     job.send_signal(signal.SIGUSR1)  # what SLURM sends before the time limit (--signal=B:USR1@180)
     result = finish(job, tmp_path)
-    stopped = re.search(r"stopped by SIGTERM at step (\d+): saved (\S+); continue", result.stdout)
-    assert result.returncode == 0 and stopped, result.stdout[-3000:]
-    step = int(stopped.group(1))
-    assert 2 <= step < STEPS and stopped.group(2) == str(output_dir / "last.pt")
-    assert checkpoint.load_checkpoint(output_dir / "last.pt")["progress"]["step"] == step
+    assert result.returncode == 0, result.stdout[-3000:]
+    step = stopped_and_saved(result, output_dir)
     assert (tmp_path / "scontrol.log").read_text().splitlines()[-1] == "requeue 4242"
 
     env["STEP_SECONDS"] = "0"
@@ -482,18 +475,10 @@ def test_kill_9_of_torchrun_alone_makes_its_processes_save_and_stop(augmented_ru
     wrapper.write_text(SLOW_TRAIN.format(project=PROJECT))
     env = {"TRAIN_SCRIPT": str(wrapper), "STEP_SECONDS": "0.3"}
     job = start(["bash", SCRIPT, "2", *args], env)  # the script execs torchrun: job.pid is it
-    deadline = time.monotonic() + LAUNCH_TIMEOUT
-    while time.monotonic() < deadline and job.poll() is None:
-        if (output_dir / "metrics.jsonl").exists() and 2 in logged_steps(output_dir):
-            break
-        time.sleep(0.05)
+    wait_for_step_two(job, output_dir)
     os.kill(job.pid, signal.SIGKILL)
     result = finish(job, tmp_path)  # the processes hold its output pipe until they exit
-    stopped = re.search(r"stopped by SIGTERM at step (\d+): saved (\S+); continue", result.stdout)
-    assert stopped, result.stdout[-3000:]
-    step = int(stopped.group(1))
-    assert 2 <= step < STEPS and stopped.group(2) == str(output_dir / "last.pt")
-    assert checkpoint.load_checkpoint(output_dir / "last.pt")["progress"]["step"] == step
+    step = stopped_and_saved(result, output_dir)
 
     resumed = launch(["bash", SCRIPT, "2", *args, "--resume=auto"], tmp_path)
     assert resumed.returncode == 0, resumed.stdout[-3000:]
@@ -501,6 +486,26 @@ def test_kill_9_of_torchrun_alone_makes_its_processes_save_and_stop(augmented_ru
         resumed.stdout
     )
     assert_same_run(output_dir, augmented_run)
+
+
+def wait_for_step_two(job: subprocess.Popen, output_dir) -> None:
+    """Until the run of `job` has logged step 2 (or `job` has ended, or LAUNCH_TIMEOUT)."""
+    deadline = time.monotonic() + LAUNCH_TIMEOUT
+    while time.monotonic() < deadline and job.poll() is None:
+        if (output_dir / "metrics.jsonl").exists() and 2 in logged_steps(output_dir):
+            return
+        time.sleep(0.05)
+
+
+def stopped_and_saved(result: subprocess.CompletedProcess, output_dir) -> int:
+    """The step at which a run stopped on SIGTERM, checked: after step 2, before its end, with
+    last.pt saved at that step."""
+    stopped = re.search(r"stopped by SIGTERM at step (\d+): saved (\S+); continue", result.stdout)
+    assert stopped, result.stdout[-3000:]
+    step = int(stopped.group(1))
+    assert 2 <= step < STEPS and stopped.group(2) == str(output_dir / "last.pt")
+    assert checkpoint.load_checkpoint(output_dir / "last.pt")["progress"]["step"] == step
+    return step
 
 
 def assert_same_run(resumed_dir, uninterrupted_dir) -> None:
