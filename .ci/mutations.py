@@ -343,6 +343,17 @@ MUTATIONS = (
         ("tests/test_detection.py::test_two_processes_report_exactly_the_figures_of_one",),
     ),
     Mutation(
+        "detection-loss-nan-without-boxes",
+        "detection",
+        "task.py",
+        '    if not any(len(target["boxes"]) for target in targets):\n',
+        "    if False:\n",
+        (
+            "tests/test_detection.py::"
+            "test_a_batch_without_boxes_or_proposals_has_box_head_losses_of_zero",
+        ),
+    ),
+    Mutation(
         "stale-cache-trusted",
         "project",
         "cache.py",
