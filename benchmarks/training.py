@@ -80,7 +80,8 @@ an image, each with its box and class; the samples dataset.build_datasets gives,
 a list in memory and swapped in as above). train.py runs as generated, through the detection
 task.py (task.COLLATE stacks the images and keeps each image's targets in a list, task.prepare
 moves them and scales the uint8 images to [0, 1], task.loss is the sum of the losses the detector
-returns in train mode), with a detection project's defaults: AdamW, cosine schedule, no clipping.
+returns in train mode), with a detection project's defaults (AdamW, cosine schedule, no clipping)
+but in batches of 32, as every CPU image row (the project's default is 8).
 The bare loop (bare_detection_train, torchvision's reference detection loop without its extras)
 trains the same detector, seeded as train.py seeds it (before building it, and again before the
 first step: the detector samples anchors and proposals from the global generator; in a session

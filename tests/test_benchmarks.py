@@ -330,9 +330,10 @@ print(json.dumps([a.optimizer, a.lr, a.weight_decay, a.clip_grad_norm, a.model, 
     assert result.returncode == 0, result.stderr[-3000:]
     found = json.loads(result.stdout.strip().splitlines()[-1])
     assert found[:4] == ["adamw", training.DETECTION_LR, training.DETECTION_WEIGHT_DECAY, None]
-    assert found[4:10] == ["tiny_rcnn", 32, 10, 3, 32, False], "what the worker builds"
+    assert found[4:10] == ["tiny_rcnn", 8, 10, 3, 32, False], "what the worker builds"
     assert found[10:] == [True, True, True, True]
-    assert training.FULL[("tiny_rcnn", "cpu")][0] == 32, "train.py's default batch size"
+    # The row's batch is the 32 of every CPU image row, given to train.py as --batch-size.
+    assert training.FULL[("tiny_rcnn", "cpu")][0] == 32
 
 
 # ---- the sweep figure: the same trials both ways ------------------------------------------------
