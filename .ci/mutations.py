@@ -354,6 +354,25 @@ MUTATIONS = (
         ),
     ),
     Mutation(
+        "option-error-printed-by-every-process",
+        "ddp",
+        "options.py",
+        '        if os.environ.get("LOCAL_RANK", "0") != "0":\n',
+        "        if False:\n",
+        (
+            "tests/test_runs.py::"
+            "test_under_torchrun_only_the_first_process_of_a_machine_prints_an_option_error",
+        ),
+    ),
+    Mutation(
+        "train-ddp-script-leaves-option-errors-to-torchrun",
+        "ddp",
+        "scripts/train_ddp.sh",
+        '    python "$project_dir/options.py" "$@"\n',
+        "    true\n",
+        (DDP + "test_a_bad_train_option_is_one_line_and_torchrun_never_starts",),
+    ),
+    Mutation(
         "stale-cache-trusted",
         "project",
         "cache.py",

@@ -34,6 +34,10 @@ class Parser(argparse.ArgumentParser):
     (the full usage stays in --help)."""
 
     def error(self, message: str):
+        # Under torchrun every process reads the same command line: the first of each machine says
+        # what is wrong, the others only exit.
+        if os.environ.get("LOCAL_RANK", "0") != "0":
+            self.exit(2)
         self.exit(2, f"error: {message} (see python {self.prog} --help)\n")
 
 
@@ -460,3 +464,7 @@ def fsdp_problem(args) -> str | None:
 
 def parse_list(text: str) -> list[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
+
+
+if __name__ == "__main__":  # python options.py ARGS: check train.py's command line without torch
+    check_quickly(sys.argv[1:])

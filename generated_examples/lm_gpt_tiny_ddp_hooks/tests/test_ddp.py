@@ -580,3 +580,11 @@ def test_script_usage_errors():
     env = {**os.environ, "NNODES": "2", "RDZV_ENDPOINT": ""}
     result = subprocess.run(["bash", SCRIPT, "2"], capture_output=True, text=True, env=env)
     assert result.returncode == 2 and "RDZV_ENDPOINT" in result.stderr
+
+
+def test_a_bad_train_option_is_one_line_and_torchrun_never_starts(tmp_path):
+    result = launch(["bash", SCRIPT, "2", "--lr=abc"], tmp_path)
+    assert (result.returncode, result.stdout) == (
+        2,
+        "error: argument --lr: expected a number, got 'abc' (see python train.py --help)\n",
+    )

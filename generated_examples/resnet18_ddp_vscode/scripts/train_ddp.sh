@@ -82,6 +82,12 @@ if ! command -v torchrun >/dev/null; then
     exit 127
 fi
 
+# train.py's command line checked once, here: a mistake is one line, not one from every process
+# followed by torchrun's report of their failures.
+if [[ -z "${TRAIN_SCRIPT:-}" ]]; then
+    python "$project_dir/options.py" "$@"
+fi
+
 set -x
 exec torchrun "${rendezvous[@]}" --nproc-per-node "$nproc_per_node" \
     --max-restarts "$max_restarts" "$train_script" "$@"

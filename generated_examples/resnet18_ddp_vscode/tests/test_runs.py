@@ -299,6 +299,21 @@ def test_a_mistyped_number_is_answered_before_torch_is_imported(tmp_path):
     )
 
 
+def test_under_torchrun_only_the_first_process_of_a_machine_prints_an_option_error():
+    """Every process torchrun starts reads the same command line: the one of LOCAL_RANK 0 says
+    what is wrong, the others exit 2 in silence."""
+    error = "error: argument --lr: expected a number, got 'abc' (see python train.py --help)\n"
+    for local_rank, printed in (("0", error), ("1", "")):
+        done = subprocess.run(
+            [sys.executable, "train.py", "--lr=abc"],
+            cwd=PROJECT,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "LOCAL_RANK": local_rank},
+        )
+        assert (done.returncode, done.stderr) == (2, printed)
+
+
 def test_the_table_is_long_enough():
     assert len(BAD_OPTIONS) >= 40
 
