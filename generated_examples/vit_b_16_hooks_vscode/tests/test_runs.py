@@ -282,6 +282,11 @@ def test_bad_options_are_one_line_and_change_nothing(
     assert_refused_cleanly(tmp_path, capsys, earlier_run, options, code, message)
 
 
+MISTYPED_LR_ERROR = (
+    "error: argument --lr: expected a number, got 'abc' (see python train.py --help)\n"
+)
+
+
 def test_a_mistyped_number_is_answered_before_torch_is_imported(tmp_path):
     """With torch made unimportable, train.py still answers a bad --lr: it never got that far."""
     no_torch = (
@@ -293,17 +298,13 @@ def test_a_mistyped_number_is_answered_before_torch_is_imported(tmp_path):
     done = subprocess.run(
         [sys.executable, "-c", no_torch], cwd=PROJECT, capture_output=True, text=True
     )
-    assert (done.returncode, done.stderr) == (
-        2,
-        "error: argument --lr: expected a number, got 'abc' (see python train.py --help)\n",
-    )
+    assert (done.returncode, done.stderr) == (2, MISTYPED_LR_ERROR)
 
 
 def test_under_torchrun_only_the_first_process_of_a_machine_prints_an_option_error():
     """Every process torchrun starts reads the same command line: the one of LOCAL_RANK 0 says
     what is wrong, the others exit 2 in silence."""
-    error = "error: argument --lr: expected a number, got 'abc' (see python train.py --help)\n"
-    for local_rank, printed in (("0", error), ("1", "")):
+    for local_rank, printed in (("0", MISTYPED_LR_ERROR), ("1", "")):
         done = subprocess.run(
             [sys.executable, "train.py", "--lr=abc"],
             cwd=PROJECT,
